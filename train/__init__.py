@@ -1,0 +1,1 @@
+"""The jaxcnn training program: `python -m train.main --model=NAME`."""

@@ -1,0 +1,67 @@
+"""The default recipe; every tunable number lives here (per-model recipes override fields)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "lenet5"
+    c.model_kwargs = ml_collections.ConfigDict()  # extra keyword arguments for get_model (e.g. aux_logits)
+    c.num_classes = -1  # -1: the dataset's class count
+    c.dataset = "embedded_mnist"  # a tfds name, 'folder:/path', or 'embedded_mnist'
+    c.data_dir = ""  # tfds data_dir / manual_dir root; '' for tfds' default
+    c.train_split = "train"
+    c.eval_split = "validation"  # datasets without one hold out a deterministic part of train
+    c.image_size = -1  # -1: the model's default input size
+    c.augment = ml_collections.ConfigDict(dict(
+        random_crop_padding=0,  # CIFAR-style pad-and-crop (pixels)
+        random_resized_crop=False,  # Inception-style crop, scale (0.08, 1)
+        horizontal_flip=False,
+        rotation_degrees=0.0,
+        zoom=0.0,
+        color_jitter=0.0,
+        pca_lighting=0.0,  # AlexNet's PCA noise std (0.1 in the paper)
+    ))
+    c.normalize = "dataset"  # 'dataset' mean/std, 'imagenet' torchvision mean/std, or 'none' ([0, 1])
+    c.shuffle_buffer = 10_000
+
+    c.batch_size = 128  # global
+    c.eval_batch_size = 256
+    c.num_epochs = 10
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+
+    c.optimizer = "sgd"  # sgd | adam | adamw | rmsprop
+    c.learning_rate = 0.01
+    c.momentum = 0.9
+    c.nesterov = False
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.eps = 1e-8
+    c.rmsprop_decay = 0.9
+    c.weight_decay = 0.0  # masked to conv/dense kernels
+    c.grad_clip_norm = 0.0  # 0: off
+    c.label_smoothing = 0.0
+    c.aux_loss_weight = 0.3  # GoogLeNet/Inception auxiliary heads (the paper's 0.3)
+
+    c.schedule = "constant"  # constant | piecewise | step | cosine | plateau
+    c.warmup_epochs = 0.0
+    c.piecewise_boundaries = []  # epochs, for 'piecewise'
+    c.piecewise_values = []  # learning rates, one more than boundaries
+    c.step_decay_epochs = 30  # 'step': multiply by step_decay_factor every step_decay_epochs
+    c.step_decay_factor = 0.1
+    c.plateau_factor = 0.1
+    c.plateau_patience = 2  # evaluations without improvement of the validation loss
+    c.plateau_cooldown = 0
+
+    c.dtype = "float32"  # bfloat16: compute in bf16, params and optimizer state in fp32
+    c.parallel = "pmap"  # pmap | shard_map
+    c.seed = 0
+    c.skip_nonfinite = False  # True: skip non-finite updates (optax.apply_if_finite) instead of stopping
+
+    c.log_every_steps = 50
+    c.eval_every_steps = -1  # -1: once per epoch
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.init_from = ""  # an orbax checkpoint directory (e.g. from `python -m jaxcnn.convert`)
+    c.freeze_backbone = False  # with init_from: train only the classifier head
+    return c
