@@ -72,6 +72,8 @@ def _pool_pads(size: int, window: int, stride: int, pad: int, ceil_mode: bool) -
     With ceil_mode torch adds one more output when a window would start inside the input or left padding,
     which needs extra right padding beyond `pad`.
     """
+    if pad > window // 2:  # torch refuses too: such a window could lie entirely in the padding
+        raise ValueError(f"pooling padding {pad} is more than half the window {window}")
     span = size + 2 * pad - window
     if span < 0:
         raise ValueError(f"pooling window {window} is larger than the padded input {size + 2 * pad}")
@@ -96,7 +98,7 @@ def _resolve_padding(x, window, strides, padding: Padding, ceil_mode: bool):
 
 def max_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
              padding: Padding = 0, ceil_mode: bool = False) -> jnp.ndarray:
-    """torch `MaxPool2d(window, strides, padding, ceil_mode=...)` on NHWC; padding may also be 'SAME'/'VALID'."""
+    """torch `MaxPool2d(window, strides, padding, ceil_mode=...)` on NHWC; padding may be 'SAME'/'VALID'."""
     window = pairs(window)
     strides = window if strides is None else pairs(strides)
     pads, _ = _resolve_padding(x, window, strides, padding, ceil_mode)
@@ -109,7 +111,8 @@ def avg_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequenc
     """torch `AvgPool2d` on NHWC.
 
     `count_include_pad=True` (torch's default) divides by the window clipped to the explicitly padded input;
-    False divides by the real pixels only, which with padding='SAME' is TF/Keras 'same' average pooling.
+    False divides by the real pixels only. A string padding never counts the padding: 'SAME' is TF/Keras
+    'same' average pooling.
     The extra right padding of ceil_mode is never counted, as in torch.
     """
     window = pairs(window)
@@ -193,13 +196,15 @@ class ConvBN(nn.Module):
     act: Callable | None = nn.relu
     use_bias: bool | None = None
     dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()  # flax's default; families pass torch's init
 
     @nn.compact
     def __call__(self, x):
         pad = self.padding if isinstance(self.padding, str) else torch_padding(self.padding)
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
         x = nn.Conv(self.features, pairs(self.kernel_size), pairs(self.strides), padding=pad,
-                    feature_group_count=self.groups, use_bias=use_bias, dtype=self.dtype, name="conv")(x)
+                    feature_group_count=self.groups, use_bias=use_bias, dtype=self.dtype,
+                    kernel_init=self.kernel_init, name="conv")(x)
         if self.norm is not None:
             x = self.norm(name="bn")(x)
         return x if self.act is None else self.act(x)

@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.parallel = "pmap"  # pmap | shard_map
     c.seed = 0
     c.skip_nonfinite = False  # True: skip non-finite updates (optax.apply_if_finite) instead of stopping
+    c.max_consecutive_nonfinite = 10  # with skip_nonfinite: give up skipping after this many in a row
 
     c.log_every_steps = 50
     c.eval_every_steps = -1  # -1: once per epoch
@@ -64,4 +65,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.init_from = ""  # an orbax checkpoint directory (e.g. from `python -m jaxcnn.convert`)
     c.freeze_backbone = False  # with init_from: train only the classifier head
+    c.reinit_head = False  # with init_from: a fresh classifier head when the class counts differ
+    c.debug_nan_step = -1  # test hook: feed NaN images at this step (exercises the non-finite handling)
     return c

@@ -1,0 +1,160 @@
+"""Images/sec of a full train step (forward, backward, optimizer update, BatchNorm update), ours vs torch.
+
+    python benchmarks/train_step.py --model=resnet18 --vs=torch --json=out.json
+
+Ours is `jaxcnn.training.train_step` jitted once with the state donated, on one device, exactly as the
+trainer runs it. With `--vs=torch` the same model from torchvision (a plain torch module for lenet5) takes
+SGD-momentum steps on the same batch in the same process. Reported: the median over `--steps` timed steps
+after warm-up, the first step's compile time, peak RSS, and MFU = achieved FLOP/s (XLA's cost analysis of
+the compiled step) / the measured f32 matmul peak (`jnp.dot` on 2048x2048).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import training
+from jaxcnn.models import get_model, get_spec
+from train.configs import default
+
+DEFAULTS = {"lenet5": (256, 28)}  # model -> (batch, image size); others: batch 32 at 224
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Measured f32 matmul FLOP/s on this machine (the MFU denominator)."""
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times)
+
+
+def time_steps(step, steps: int, warmup: int = 2) -> float:
+    """Median seconds per call of `step()` (which must block until done) after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_ours(model_name: str, batch: dict, steps: int) -> dict:
+    spec = get_spec(model_name)
+    config = default.get_config()
+    config.model = model_name
+    config.learning_rate, config.momentum = 0.01, 0.9
+    num_classes = spec.num_classes
+    model = get_model(model_name, num_classes=num_classes)
+    state = training.create_train_state(model, config, jax.random.key(0), batch["image"].shape[1:], 100)
+    train_fn, _ = training.step_functions(config, num_classes)
+    step = jax.jit(train_fn, donate_argnums=0)
+    batch = jax.device_put(batch)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    holder = {"state": state}
+
+    def run():
+        holder["state"], m = compiled(holder["state"], batch)
+        jax.block_until_ready(m)
+
+    seconds = time_steps(run, steps)
+    return {"seconds": seconds, "compile_s": compile_s, "flops_per_step": flops}
+
+
+def torch_model(model_name: str, num_classes: int):
+    import torch.nn as tnn
+    import torchvision
+
+    if model_name == "lenet5":  # the seeds' LeNet-5, as ours
+        return tnn.Sequential(
+            tnn.Conv2d(1, 6, 5, padding=2), tnn.Tanh(), tnn.AvgPool2d(2),
+            tnn.Conv2d(6, 16, 5), tnn.Tanh(), tnn.AvgPool2d(2),
+            tnn.Conv2d(16, 120, 5), tnn.Tanh(), tnn.Flatten(),
+            tnn.Linear(120, 84), tnn.Tanh(), tnn.Linear(84, num_classes))
+    kwargs = {"aux_logits": False, "init_weights": True} if model_name in ("googlenet", "inception_v3") else {}
+    return getattr(torchvision.models, model_name)(weights=None, num_classes=num_classes, **kwargs)
+
+
+def bench_torch(model_name: str, batch: dict, steps: int) -> float:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch_model(model_name, get_spec(model_name).num_classes).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.from_numpy(np.transpose(batch["image"], (0, 3, 1, 2)).copy())
+    y = torch.from_numpy(batch["label"].astype(np.int64))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return time_steps(run, steps)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--vs", choices=["torch", "none"], default="none")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    spec = get_spec(args.model)
+    batch_size, size = DEFAULTS.get(args.model, (32, 224))
+    batch_size, size = args.batch_size or batch_size, args.image_size or size
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((batch_size, size, size, spec.input_shape[2]), np.float32),
+             "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)}
+
+    ours = bench_ours(args.model, batch, args.steps)
+    peak = matmul_peak_flops()
+    result = {
+        "model": args.model, "batch_size": batch_size, "image_size": size,
+        "images_per_sec": batch_size / ours["seconds"],
+        "torch_images_per_sec": None, "ratio": None,
+        "compile_s": ours["compile_s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "mfu": ours["flops_per_step"] / ours["seconds"] / peak,
+        "matmul_peak_gflops": peak / 1e9,
+        "device": str(jax.devices()[0]),
+    }
+    if args.vs == "torch":
+        result["torch_images_per_sec"] = batch_size / bench_torch(args.model, batch, args.steps)
+        result["ratio"] = result["images_per_sec"] / result["torch_images_per_sec"]
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

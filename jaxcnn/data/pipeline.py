@@ -1,0 +1,365 @@
+"""The one input pipeline: a source split -> per-example decode, fit, augment, normalize -> numpy batches.
+
+Every dataset (tfds, the embedded MNIST subset, image folders) becomes a `Source`: its examples in a fixed order
+plus a decoder. `Pipeline.epoch(e)` then builds the same tf.data graph for all of them, and its output is a pure
+function of (seed, epoch): the shuffle seed comes from (seed, epoch) and each example's augmentation seed from
+(seed, epoch, example index), so `epoch(e, skip_batches=k)` skips k batches without decoding them and yields
+exactly what `epoch(e)` yields from batch k on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from jaxcnn.data import augment as aug
+from jaxcnn.data import embedded, folder
+
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "imagenet2012")
+HOLDOUT = ("train[:90%]", "train[90%:]")  # 'train' / 'validation' of tfds datasets without a validation split
+MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
+CROP_FRACTION = 0.875  # torchvision's ImageNet evaluation: Resize(256) then CenterCrop(224)
+
+# Per-channel mean and std of pixels in [0, 1].
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's; also folders and imagenette
+}
+_GREY = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's weights
+
+
+class DatasetUnavailable(ValueError):
+    """The dataset is not on disk and cannot be had from here (offline, or files that must be fetched by hand)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One split of one dataset before any per-example work.
+
+    `examples()` yields (raw, label) in a fixed order; `decode(raw)` gives a uint8 [h, w, c] image.
+    `image_shape` has None where image sizes vary (ImageNet, folders).
+    """
+
+    examples: Callable[[], tf.data.Dataset]
+    decode: Callable[[tf.Tensor], tf.Tensor]
+    num_examples: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int | None, int | None, int]
+    stats: str  # key of STATS used by normalize='dataset'
+    skipped: tuple[str, ...] = ()  # corrupt files left out (folders)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def _embedded_source(split: str) -> Source:
+    images, labels = embedded.load(split)
+    return Source(
+        examples=lambda: tf.data.Dataset.from_tensor_slices((images, labels)),
+        decode=tf.convert_to_tensor,
+        num_examples=len(labels),
+        class_names=embedded.CLASS_NAMES,
+        image_shape=embedded.IMAGE_SHAPE,
+        stats="mnist",
+    )
+
+
+def _folder_source(dataset: str, split: str) -> Source:
+    paths, labels, names, skipped = folder.split_files(folder.root_of(dataset), split)
+    if not paths:
+        raise DatasetUnavailable(f"{dataset} has no readable images in its {split} split")
+    return Source(
+        examples=lambda: tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32))),
+        decode=lambda path: folder.decode(tf.io.read_file(path)),
+        num_examples=len(paths),
+        class_names=names,
+        image_shape=(None, None, 3),
+        stats="imagenet",
+        skipped=skipped,
+    )
+
+
+def _tfds_builder(name: str, data_dir: str | None, download: bool):
+    """A prepared tfds builder, or DatasetUnavailable saying which files to put where."""
+    import tensorflow_datasets as tfds  # slow to import (seconds): only when a tfds dataset is asked for
+
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if builder.is_prepared():
+        return builder
+    root = data_dir or tfds.core.constants.DATA_DIR
+    manual_dir = os.path.join(root, "downloads", "manual")
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        files = " and ".join(MANUAL_FILES.get(name, ("its archives",)))
+        needs = f"{name} needs {files} in {manual_dir}/ (see the tfds docs for {name})"
+    else:
+        needs = f"{name} is not in {root} and cannot be downloaded (offline?): run once with network or pass --data_dir"
+    if not download:
+        raise DatasetUnavailable(needs + " [download=False]")
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except (OSError, AssertionError, tfds.download.DownloadError) as e:  # network errors are OSErrors
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DatasetUnavailable(f"{needs} ({type(e).__name__}: {first_line})") from e
+    return builder
+
+
+def _tfds_split(builder, split: str) -> str:
+    """'train'/'validation' -> the first 90% / last 10% of train when the dataset has no validation split."""
+    splits = builder.info.splits
+    if split in ("train", "validation") and "validation" not in splits:
+        return HOLDOUT[split == "validation"]
+    base = split.split("[")[0]
+    if splits and base not in splits:
+        raise ValueError(f"{builder.name} has the splits {sorted(splits)} (and 'validation' = {HOLDOUT[1]})")
+    return split
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> Source:
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir, download)
+    tfds_split = _tfds_split(builder, split)
+    features = builder.info.features
+    shape = tuple(features["image"].shape)
+
+    def examples() -> tf.data.Dataset:
+        # Encoded images travel through shuffle and skip; decoding happens in the parallel map.
+        ds = builder.as_dataset(
+            split=tfds_split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        return ds.map(lambda ex: (ex["image"], ex["label"]))
+
+    def decode(encoded: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_image(encoded, channels=shape[-1], expand_animations=False)
+        return tf.ensure_shape(image, shape)
+
+    if builder.info.splits:
+        num_examples = builder.info.splits[tfds_split].num_examples
+    else:  # no split metadata (tfds.testing.mock_data): count once
+        num_examples = int(examples().reduce(0, lambda n, _: n + 1))
+    return Source(
+        examples=examples,
+        decode=decode,
+        num_examples=num_examples,
+        class_names=tuple(features["label"].names),
+        image_shape=shape,
+        stats=name if name in STATS else "imagenet",
+    )
+
+
+def make_source(dataset: str, split: str, data_dir: str | None = None, download: bool = True) -> Source:
+    """The Source of `split` of `dataset`: 'embedded_mnist', 'folder:/path' or a tfds name."""
+    if dataset == "embedded_mnist":
+        return _embedded_source(split)
+    if dataset.startswith(folder.PREFIX):
+        return _folder_source(dataset, split)
+    return _tfds_source(dataset, split, data_dir, download)
+
+
+def dataset_info(dataset: str, data_dir: str | None = None) -> tuple[int, tuple[int | None, int | None, int]]:
+    """(num_classes, source image shape) of `dataset`, without preparing or reading it."""
+    if dataset == "embedded_mnist":
+        return len(embedded.CLASS_NAMES), embedded.IMAGE_SHAPE
+    if dataset.startswith(folder.PREFIX):
+        return len(folder.class_names(folder.root_of(dataset))), (None, None, 3)
+    import tensorflow_datasets as tfds
+
+    features = tfds.builder(dataset, data_dir=data_dir or None).info.features
+    return features["label"].num_classes, tuple(features["image"].shape)
+
+
+# --------------------------------------------------------------------------------------- per-example ops
+
+
+def match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """Grey -> RGB by tiling, RGB -> grey with tf.image.rgb_to_grayscale."""
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if (have, channels) == (1, 3):
+        return tf.tile(image, [1, 1, 3])
+    if (have, channels) == (3, 1):
+        return tf.image.rgb_to_grayscale(image)
+    raise ValueError(f"cannot convert {have} channels to {channels}")
+
+
+def fit_to_size(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 1.0) -> tf.Tensor:
+    """Bring a float image [h, w, c] to `size` (H, W).
+
+    28x28 -> 32x32 is zero padding by 2 (LeNet-5, LeCun et al. 1998, pads MNIST). With crop_fraction < 1 the
+    shorter side is resized to round(max(H, W) / crop_fraction) and the centre (H, W) cropped (torchvision's
+    Resize(256) + CenterCrop(224)); otherwise a bilinear resize, antialiased when it shrinks.
+    """
+    height, width = size
+    if tuple(image.shape[:2]) == (28, 28) and (height, width) == (32, 32):
+        return tf.pad(image, [[2, 2], [2, 2], [0, 0]])
+    if tuple(image.shape[:2]) == (height, width):
+        return image
+    if crop_fraction >= 1.0:
+        return tf.image.resize(image, size, method="bilinear", antialias=True)
+    side = round(max(height, width) / crop_fraction)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    # torchvision: the shorter side becomes `side`, the longer one int(side * long / short).
+    new = tf.cast(tf.math.floor(hw * side / tf.reduce_min(hw)), tf.int32)
+    new = tf.maximum(new, [height, width])
+    image = tf.image.resize(image, new, method="bilinear", antialias=True)
+    top, left = tf.unstack(tf.cast(tf.round(tf.cast(new - [height, width], tf.float32) / 2), tf.int32))
+    return tf.ensure_shape(image[top : top + height, left : left + width], [height, width, image.shape[-1]])
+
+
+def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) for `normalize` ('dataset', 'imagenet' or 'none'), converted to `channels`."""
+    if normalize == "none":
+        return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    if normalize not in ("dataset", "imagenet"):
+        raise ValueError(f"normalize must be 'dataset', 'imagenet' or 'none', not {normalize!r}")
+    mean, std = (np.asarray(v, np.float32) for v in STATS[stats if normalize == "dataset" else "imagenet"])
+    if len(mean) == 1:  # grey statistics for an RGB model: tiled like the image
+        return np.repeat(mean, channels), np.repeat(std, channels)
+    if channels == 1:  # RGB statistics for a grey model: the grey weights applied to them (approximate std)
+        return np.float32([np.dot(_GREY, mean)]), np.float32([np.dot(_GREY, std)])
+    return mean, std
+
+
+def _seed_pair(seed: int, epoch: int) -> int:
+    """A shuffle seed that depends on both the run's seed and the epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+
+
+class Pipeline:
+    """Batches of one split for one model input shape; see the package docstring for the contract."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        batch_size: int,
+        image_shape: tuple[int, int, int],
+        train: bool,
+        seed: int,
+        augment: Mapping[str, Any] | None = None,
+        normalize: str = "dataset",
+        process_index: int = 0,
+        process_count: int = 1,
+        shuffle_buffer: int = 10_000,
+        crop_fraction: float = CROP_FRACTION,
+    ):
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+        self.source = source
+        self.batch_size = batch_size
+        self.image_shape = tuple(image_shape)
+        self.train = train
+        self.seed = seed
+        self.augment = aug.options(augment)
+        self.process_index, self.process_count = process_index, process_count
+        self.shuffle_buffer = shuffle_buffer
+        # Centre crops are for photos of varying size; fixed-size sources (MNIST, CIFAR) are resized whole.
+        self.crop_fraction = crop_fraction if None in source.image_shape[:2] else 1.0
+        self.mean, self.std = normalization(normalize, source.stats, self.image_shape[-1])
+
+        n, p, count = source.num_examples, process_index, process_count
+        self.num_local_examples = n // count + (p < n % count)  # ds.shard sizes differ by at most one
+        if train:  # every process takes the same number of full batches: the smallest shard decides
+            self.steps_per_epoch = (n // count) // batch_size
+            if self.steps_per_epoch == 0:
+                raise ValueError(f"{n} examples over {count} processes give no full batch of {batch_size}")
+        else:  # every process pads to the same number of batches: the largest shard decides
+            self.steps_per_epoch = math.ceil(math.ceil(n / count) / batch_size)
+
+    num_examples = property(lambda self: self.source.num_examples, doc="examples in the whole split")
+    num_classes = property(lambda self: len(self.source.class_names))
+    class_names = property(lambda self: self.source.class_names)
+    skipped = property(lambda self: self.source.skipped, doc="corrupt files left out (image folders)")
+
+    def _example(self, epoch: int) -> Callable:
+        height, width, channels = self.image_shape
+        base = tf.constant([self.seed, epoch], tf.int64)
+
+        def fn(index, raw, label):
+            image = tf.cast(self.source.decode(raw), tf.float32) / 255.0  # exactly torchvision's ToTensor
+            image = match_channels(image, channels)
+            seed = tf.random.experimental.stateless_fold_in(base, index)
+            if self.train and self.augment["random_resized_crop"]:
+                image = aug.random_resized_crop(image, aug.resized_crop_seed(seed), (height, width))
+            else:
+                image = fit_to_size(image, (height, width), self.crop_fraction)
+            if self.train:
+                image = aug.apply(image, seed, self.augment)
+            image = (image - self.mean) / self.std
+            image = tf.ensure_shape(image, self.image_shape)
+            return dict(image=image, label=tf.cast(label, tf.int32), mask=tf.constant(1.0))
+
+        return lambda index, example: fn(index, *example)
+
+    def dataset(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+        """The tf.data graph of `epoch` from batch `skip_batches` on (skipped examples are never decoded)."""
+        if not 0 <= skip_batches <= self.steps_per_epoch:
+            raise ValueError(f"skip_batches {skip_batches} outside [0, {self.steps_per_epoch}]")
+        total, start = self.steps_per_epoch * self.batch_size, skip_batches * self.batch_size
+        # The global index is taken before sharding: an example's augmentation never depends on the host count.
+        ds = self.source.examples().enumerate().shard(self.process_count, self.process_index)
+        if self.train:
+            buffer = max(1, min(self.shuffle_buffer, self.num_local_examples))
+            ds = ds.shuffle(buffer, seed=_seed_pair(self.seed, epoch), reshuffle_each_iteration=False)
+        ds = ds.take(total).skip(start)
+        ds = ds.map(self._example(epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        num_pad = total - max(start, min(self.num_local_examples, total))  # eval only: fill the last batch
+        if num_pad > 0:
+            pad = dict(image=tf.zeros(self.image_shape), label=tf.constant(0), mask=tf.constant(0.0))
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_pad))
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.batch(self.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Batches dict(image=float32 [B, H, W, C], label=int32 [B], mask=float32 [B]) of `epoch`."""
+        return self.dataset(epoch, skip_batches).as_numpy_iterator()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+def make_pipeline(
+    dataset: str,
+    split: str,
+    *,
+    batch_size: int,
+    image_shape: tuple[int, int, int],
+    train: bool,
+    seed: int,
+    augment: Mapping[str, Any] | None = None,
+    normalize: str = "dataset",
+    data_dir: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 10_000,
+    crop_fraction: float = CROP_FRACTION,
+    download: bool = True,
+) -> Pipeline:
+    """The pipeline of `split` of `dataset` for a model taking `image_shape` (H, W, C); see the package docs."""
+    source = make_source(dataset, split, data_dir=data_dir, download=download)
+    return Pipeline(
+        source,
+        batch_size=batch_size,
+        image_shape=image_shape,
+        train=train,
+        seed=seed,
+        augment=augment,
+        normalize=normalize,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle_buffer=shuffle_buffer,
+        crop_fraction=crop_fraction,
+    )

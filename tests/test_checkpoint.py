@@ -1,0 +1,119 @@
+"""Checkpoints: retention, corrupt and partial checkpoints, saved variables, and bit-identical resume."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+META = dict(model="toy", num_classes=3, image_shape=[4, 4, 1])
+
+
+def toy_state(value: float = 0.0, step: int = 0):
+    """A small TrainState-like tree with namedtuple optimizer state, BN stats and a typed key."""
+    from jaxcnn.training import TrainState
+
+    params = {"dense": {"kernel": jnp.full((4, 3), value), "bias": jnp.zeros(3)}}
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+    opt_state = jax.tree.map(lambda x: x + value, tx.init(params))
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats={"bn": {"mean": jnp.full(3, value)}},
+                      opt_state=opt_state, rng=jax.random.key(int(value)), apply_fn=None, tx=tx)
+
+
+def assert_trees_equal(a, b):
+    a, b = ckpt.state_to_tree(a), ckpt.state_to_tree(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_retention_keeps_last_n_plus_best_across_restarts(tmp_path):
+    top1 = {2: 0.5, 4: 0.9, 6: 0.6, 8: 0.7}  # evaluated checkpoints; odd steps carry no metrics
+    with ckpt.Checkpoints(tmp_path, keep=2) as c:
+        for step in range(1, 6):
+            c.save(toy_state(step, step), ckpt.Position(0, step), META,
+                   {"top1": top1[step]} if step in top1 else None)
+        assert c.steps() == [4, 5]  # the best (4) is among the last two
+    with ckpt.Checkpoints(tmp_path, keep=2) as c:  # a new manager must still know step 4's metrics
+        for step in range(6, 10):
+            c.save(toy_state(step, step), ckpt.Position(0, step), META,
+                   {"top1": top1[step]} if step in top1 else None)
+        assert c.steps() == [4, 8, 9]
+        state, position, metadata = c.restore_latest(toy_state())
+    assert int(state.step) == 9 and position == ckpt.Position(0, 9) and metadata == META
+    assert_trees_equal(state, toy_state(9, 9))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore, after a failed read
+def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):
+    with ckpt.Checkpoints(tmp_path, keep=3) as c:
+        for step in (1, 2, 3):
+            c.save(toy_state(step, step), ckpt.Position(1, step), META)
+    # Truncate every data file of the newest checkpoint's state, as a crash of the file system might.
+    broken = ckpt.checkpoint_dir(tmp_path) / "3"
+    truncated = 0
+    for f in (broken / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+            truncated += 1
+    assert truncated
+    with caplog.at_level(logging.WARNING, logger="jaxcnn.checkpoint"):
+        state, position, _ = ckpt.restore_latest(tmp_path, toy_state())
+    assert int(state.step) == 2 and position == ckpt.Position(1, 2)
+    assert_trees_equal(state, toy_state(2, 2))
+    assert any(str(broken) in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+    # A garbled metadata file is skipped the same way.
+    (ckpt.checkpoint_dir(tmp_path) / "2" / "position" / "metadata").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="jaxcnn.checkpoint"):
+        state, _, _ = ckpt.restore_latest(tmp_path, toy_state())
+    assert int(state.step) == 1
+
+
+def test_partial_directory_is_ignored_and_removed(tmp_path, caplog):
+    with ckpt.Checkpoints(tmp_path) as c:
+        c.save(toy_state(1, 1), ckpt.Position(0, 1), META)
+    partial = ckpt.checkpoint_dir(tmp_path) / "2.orbax-checkpoint-tmp-1700000000000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "manifest.ocdbt").write_bytes(b"\0" * 10)
+    with caplog.at_level(logging.WARNING, logger="jaxcnn.checkpoint"):
+        state, _, _ = ckpt.restore_latest(tmp_path, toy_state())
+    assert int(state.step) == 1
+    assert not partial.exists()
+    assert any(str(partial) in r.getMessage() for r in caplog.records)
+
+
+def test_another_models_checkpoints_are_refused_without_touching_files(tmp_path):
+    with ckpt.Checkpoints(tmp_path) as c:
+        c.save(toy_state(1, 1), ckpt.Position(0, 1), META)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    ckpt.check_compatible(tmp_path, META)  # the same model: fine
+    with pytest.raises(ckpt.CheckpointMismatch, match="'toy'.*'other'"):
+        ckpt.check_compatible(tmp_path, dict(META, model="other"))
+    with pytest.raises(ckpt.CheckpointMismatch, match="3 classes"):
+        ckpt.check_compatible(tmp_path, dict(META, num_classes=10))
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_saved_variables_round_trip(tmp_path):
+    variables = {"params": {"conv": {"kernel": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)}},
+                 "batch_stats": {"bn": {"mean": np.ones(4, np.float32), "var": np.full(4, 2.0, np.float32)}}}
+    meta = dict(model="resnet18", num_classes=4, image_shape=(32, 32, 3), source="test")
+    ckpt.save_variables(tmp_path / "v", variables, meta)
+    loaded, loaded_meta = ckpt.load_variables(tmp_path / "v")
+    assert loaded_meta == dict(meta, image_shape=[32, 32, 3])
+    assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+    for x, y in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="not a saved-variables directory"):
+        ckpt.load_variables(tmp_path)

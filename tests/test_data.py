@@ -1,0 +1,308 @@
+"""The input pipelines: embedded MNIST, determinism and resume, padding, shapes, tfds (mocked), folders, augments.
+
+No network and no ../shared: tfds datasets come from `tfds.testing.mock_data`, folders are written here.
+"""
+
+import io
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from jaxcnn.data import DatasetUnavailable, dataset_info, embedded, fit_to_size, folder, make_pipeline
+from jaxcnn.data import augment as aug
+from jaxcnn.data import pipeline as pipeline_lib
+
+tfds = pytest.importorskip("tensorflow_datasets")  # a hard dependency; the guard only keeps the import local
+
+
+def _batches(pipe, epoch=0, skip=0):
+    return list(pipe.epoch(epoch, skip_batches=skip))
+
+
+def _stack(batches, key):
+    return np.concatenate([b[key] for b in batches])
+
+
+# ------------------------------------------------------------------------------------------ embedded MNIST
+
+
+def test_embedded_mnist_counts_range_and_balance():
+    assert embedded.PATH.stat().st_size < 3_000_000
+    for split, n in (("train", 10_000), ("validation", 2_000)):
+        images, labels = embedded.load(split)
+        assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+        assert images.max() == 255 and images.min() == 0
+        # Real MNIST digits: the mean pixel of MNIST is 0.1307 * 255 = 33.3; random or blank data would miss it.
+        assert abs(images.mean() / 255 - 0.1307) < 0.005
+        np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.full(10, n // 10))
+    with np.load(embedded.PATH) as f:  # train and validation are different MNIST images
+        assert not set(f["train_source_index"]) & set(f["validation_source_index"])
+    assert dataset_info("embedded_mnist") == (10, (28, 28, 1))
+
+
+def test_train_epoch_normalized_full_batches():
+    pipe = make_pipeline("embedded_mnist", "train", batch_size=128, image_shape=(28, 28, 1), train=True, seed=0)
+    assert (pipe.num_examples, pipe.num_classes, pipe.steps_per_epoch) == (10_000, 10, 10_000 // 128)
+    batches = _batches(pipe)
+    assert len(batches) == 78
+    b = batches[0]
+    assert b["image"].shape == (128, 28, 28, 1) and b["image"].dtype == np.float32
+    assert b["label"].dtype == np.int32 and b["mask"].dtype == np.float32 and (b["mask"] == 1).all()
+    images, labels = _stack(batches, "image"), _stack(batches, "label")
+    # MNIST statistics (0.1307, 0.3081) standardise MNIST pixels.
+    assert abs(images.mean()) < 0.01 and abs(images.std() - 1) < 0.02
+    assert len(set(labels)) == 10 and len(np.unique(labels)) == 10
+    # Shuffled: not the stored order.
+    assert not np.array_equal(labels[:128], embedded.load("train")[1][:128])
+
+
+# --------------------------------------------------------------------------------- determinism and resume
+
+AUGMENT = dict(random_crop_padding=2, horizontal_flip=True, rotation_degrees=10.0, zoom=0.1, color_jitter=0.2)
+
+
+def _train_pipe(seed=0, batch_size=250, **kw):
+    return make_pipeline(
+        "embedded_mnist", "validation", batch_size=batch_size, image_shape=(28, 28, 1), train=True, seed=seed,
+        augment=AUGMENT, **kw,
+    )
+
+
+def test_epoch_is_a_function_of_seed_and_epoch_and_resumes():
+    # One of four processes (500 examples) keeps it quick and covers resuming a shard.
+    kw = dict(batch_size=50, process_index=1, process_count=4)
+    pipe = _train_pipe(**kw)
+    first = _batches(pipe, 0)
+    again = _batches(_train_pipe(**kw), 0)
+    assert len(first) == 10
+    for a, b in zip(first, again, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    other_epoch, other_seed = _batches(pipe, 1), _batches(_train_pipe(seed=1, **kw), 0)
+    for other in (other_epoch, other_seed):
+        assert not np.array_equal(_stack(first, "label"), _stack(other, "label"))
+        assert not np.allclose(_stack(first, "image"), _stack(other, "image"))
+    resumed = _batches(pipe, 0, skip=3)
+    assert len(resumed) == 7
+    for a, b in zip(first[3:], resumed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert _batches(pipe, 0, skip=10) == []
+
+
+# -------------------------------------------------------------------------------- eval padding, sharding
+
+
+def test_eval_padding_and_mask():
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=300, image_shape=(28, 28, 1), train=False, seed=0)
+    batches = _batches(pipe)
+    assert pipe.steps_per_epoch == len(batches) == 7  # ceil(2000 / 300)
+    mask, labels = _stack(batches, "mask"), _stack(batches, "label")
+    assert mask.sum() == pipe.num_examples == 2000
+    np.testing.assert_array_equal(mask, np.r_[np.ones(2000), np.zeros(100)])
+    np.testing.assert_array_equal(labels[:2000], embedded.load("validation")[1])  # eval keeps source order
+    assert (batches[-1]["image"][200:] == 0).all() and (labels[2000:] == 0).all()
+
+
+def test_processes_share_the_examples_and_step_counts():
+    shards = [
+        make_pipeline("embedded_mnist", "validation", batch_size=64, image_shape=(28, 28, 1), train=False, seed=0,
+                      process_index=p, process_count=3)
+        for p in range(3)
+    ]
+    assert {s.steps_per_epoch for s in shards} == {11}  # ceil(ceil(2000 / 3) / 64)
+    labels = [_stack(_batches(s), "label")[_stack(_batches(s), "mask") == 1] for s in shards]
+    assert sum(len(x) for x in labels) == 2000
+    np.testing.assert_array_equal(np.sort(np.concatenate(labels)), np.sort(embedded.load("validation")[1]))
+    train = [_train_pipe(process_index=p, process_count=3) for p in range(3)]
+    assert {t.steps_per_epoch for t in train} == {2}  # (2000 // 3) // 250, the smallest shard's full batches
+    assert len(_batches(train[2])) == 2
+
+
+# ------------------------------------------------------------------------------------ model input shapes
+
+
+def test_pad_28_to_32_keeps_digit_pixels_and_channels_convert():
+    images, _ = embedded.load("validation")
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=100, image_shape=(32, 32, 3), train=False,
+                         seed=0, normalize="none")
+    out = next(pipe.epoch(0))["image"]
+    assert out.shape == (100, 32, 32, 3)
+    digits = images[:100].astype(np.float32) / 255
+    for c in range(3):  # grey tiled to RGB, padded by 2 (LeNet-5 1998), pixels unchanged
+        np.testing.assert_array_equal(out[:, 2:30, 2:30, c : c + 1], digits)
+    assert (out[:, :2] == 0).all() and (out[:, 30:] == 0).all() and (out[:, :, :2] == 0).all()
+
+    rgb = tf.constant(np.random.default_rng(0).random((40, 60, 3), np.float32))
+    grey = pipeline_lib.match_channels(rgb, 1)
+    np.testing.assert_allclose(grey.numpy()[..., 0], rgb.numpy() @ [0.2989, 0.5870, 0.1140], atol=1e-5)
+    assert fit_to_size(rgb, (224, 224)).shape == (224, 224, 3)
+    # Varying-size photos: shorter side to 224 / 0.875 = 256 (so 40x60 -> 256x384), centre 224x224.
+    cropped = fit_to_size(rgb, (224, 224), 0.875).numpy()
+    full = tf.image.resize(rgb, (256, 384), antialias=True).numpy()
+    np.testing.assert_allclose(cropped, full[16:240, 80:304], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- tfds (mocked)
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes",
+    [("mnist", (32, 32, 1), 10), ("cifar10", (32, 32, 3), 10), ("imagenet2012", (224, 224, 3), 1000)],
+)
+def test_tfds_datasets_give_model_shaped_batches(name, shape, classes, tmp_path):
+    with tfds.testing.mock_data(num_examples=10):
+        train = make_pipeline(name, "train", batch_size=4, image_shape=shape, train=True, seed=0,
+                              data_dir=str(tmp_path), augment=dict(horizontal_flip=True))
+        assert (train.num_examples, train.num_classes, train.steps_per_epoch) == (10, classes, 2)
+        batches = _batches(train)
+        assert [b["image"].shape for b in batches] == [(4, *shape)] * 2  # imagenet mock sizes vary
+        assert all(np.isfinite(b["image"]).all() and (0 <= b["label"]).all() for b in batches)
+        assert (_stack(batches, "label") < classes).all()
+        evaluation = make_pipeline(name, "test" if name != "imagenet2012" else "validation", batch_size=4,
+                                   image_shape=shape, train=False, seed=0, data_dir=str(tmp_path))
+        assert _stack(_batches(evaluation), "mask").sum() == 10
+    assert dataset_info(name, str(tmp_path))[0] == classes
+
+
+def test_tfds_holdout_split_names():
+    class Builder:  # only the split metadata matters here
+        name = "cifar10"
+
+        class info:
+            splits = {"train": 50_000, "test": 10_000}
+
+    assert pipeline_lib._tfds_split(Builder, "train") == "train[:90%]"
+    assert pipeline_lib._tfds_split(Builder, "validation") == "train[90%:]"
+    assert pipeline_lib._tfds_split(Builder, "test") == "test"
+    Builder.info.splits = {"train": 1, "validation": 1}
+    assert pipeline_lib._tfds_split(Builder, "train") == "train"
+    with pytest.raises(ValueError, match="splits"):
+        pipeline_lib._tfds_split(Builder, "test")
+
+
+def test_unavailable_datasets_say_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(DatasetUnavailable) as e:
+        make_pipeline("cifar100", "train", batch_size=4, image_shape=(32, 32, 3), train=True, seed=0,
+                      data_dir=str(tmp_path), download=False)
+    assert "cifar100" in str(e.value) and str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+    import requests
+
+    def offline(self, *a, **k):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(DatasetUnavailable, match=r"cannot be downloaded \(offline\?\)") as e:
+        make_pipeline("cifar100", "train", batch_size=4, image_shape=(32, 32, 3), train=True, seed=0,
+                      data_dir=str(tmp_path))
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    # ImageNet cannot be downloaded: tfds refuses at once without the archives.
+    with pytest.raises(DatasetUnavailable) as e:
+        make_pipeline("imagenet2012", "train", batch_size=4, image_shape=(224, 224, 3), train=True, seed=0,
+                      data_dir=str(tmp_path))
+    message = str(e.value)
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message and "\n" not in message
+    assert str(tmp_path / "downloads" / "manual") in message
+
+
+# ------------------------------------------------------------------------------------------------- folders
+
+
+def _png(path: pathlib.Path, rng, size, mode="RGB"):
+    shape = size if mode == "L" else (*size, 3)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)  # 2-D arrays are saved grey
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "flowers"
+    for c, name in enumerate(["tulip", "daisy", "rose"]):
+        d = root / "train" / name
+        d.mkdir(parents=True)
+        for i in range(20):
+            _png(d / f"{name}_{i:02d}.png", rng, (20 + i, 24), mode="L" if i % 5 == 0 else "RGB")
+    (root / "train" / "rose" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / "train" / "daisy" / "cut.jpg").write_bytes(buf.getvalue()[:300])  # truncated
+    (root / "train" / "notes.txt").write_text("not a class")
+    return root
+
+
+def test_folder_classes_corrupt_files_and_holdout(image_folder, capsys, tmp_path):
+    dataset = f"folder:{image_folder}"
+    kw = dict(batch_size=8, image_shape=(32, 32, 3), seed=0)
+    train = make_pipeline(dataset, "train", train=True, **kw)
+    val = make_pipeline(dataset, "validation", train=False, **kw)
+    assert train.class_names == ("daisy", "rose", "tulip") and dataset_info(dataset) == (3, (None, None, 3))
+    assert sorted(pathlib.Path(p).name for p in train.skipped) == ["broken.png", "cut.jpg"]
+    printed = capsys.readouterr().out
+    assert printed.count("skipped 2 corrupt image files") == 1 and "broken.png" in printed
+    # 10% of each class held out: 2 of 20 per class.
+    assert (train.num_examples, val.num_examples) == (54, 6)
+    train_files, _, _, _ = folder.split_files(image_folder, "train")
+    val_files, val_labels, _, _ = folder.split_files(image_folder, "validation")
+    assert not set(train_files) & set(val_files) and val_labels == [0, 0, 1, 1, 2, 2]
+    # Deterministic and independent of where the folder lives.
+    moved = tmp_path / "elsewhere"
+    image_folder.rename(moved)
+    again, _, _, _ = folder.split_files(moved, "validation")
+    assert [pathlib.Path(p).name for p in again] == [pathlib.Path(p).name for p in val_files]
+    batches = _batches(val)
+    assert _stack(batches, "mask").sum() == 6 and batches[0]["image"].shape == (8, 32, 32, 3)
+    assert len(_batches(train)) == 6
+
+
+# ------------------------------------------------------------------------------------------- augmentations
+
+ONE_EACH = [
+    dict(random_crop_padding=4),
+    dict(random_resized_crop=True),
+    dict(horizontal_flip=True),
+    dict(rotation_degrees=15.0),
+    dict(zoom=0.2),
+    dict(color_jitter=0.4),
+    dict(pca_lighting=0.1),
+]
+
+
+def _first_batch(augment, seed=0):
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=32, image_shape=(32, 32, 3), train=True,
+                         seed=seed, augment=augment, normalize="none")
+    return next(pipe.epoch(0))
+
+
+@pytest.mark.parametrize("augment", ONE_EACH, ids=lambda a: next(iter(a)))
+def test_each_augmentation_changes_images_deterministically(augment):
+    plain, out = _first_batch(None), _first_batch(augment)
+    np.testing.assert_array_equal(plain["label"], out["label"])  # augmenting never changes the order
+    assert out["image"].shape == plain["image"].shape and out["image"].dtype == np.float32
+    changed = np.abs(out["image"] - plain["image"]).reshape(32, -1).max(axis=1) > 1e-3
+    assert changed.mean() > 0.3  # flips and crops leave some images unchanged
+    np.testing.assert_array_equal(out["image"], _first_batch(augment)["image"])
+    assert not np.array_equal(out["image"], _first_batch(augment, seed=1)["image"])
+
+
+def test_augmentations_do_what_they_say():
+    plain = _first_batch(None)["image"]
+    flipped = _first_batch(dict(horizontal_flip=True))["image"]
+    for p, f in zip(plain, flipped):  # each image is itself or its mirror, exactly
+        assert np.array_equal(f, p) or np.array_equal(f, p[:, ::-1])
+    lit = _first_batch(dict(pca_lighting=0.1))["image"]
+    shift = (lit - plain).reshape(32, -1, 3)  # one RGB shift per image, along the ImageNet eigenvectors
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1], shift.shape), atol=1e-6)
+    alpha_eigval = shift[:, 0] @ np.asarray(aug.PCA_EIGVEC)  # eigvec is orthonormal: recovers alpha * eigval
+    alpha = alpha_eigval / np.asarray(aug.PCA_EIGVAL)
+    assert 0.05 < alpha.std() < 0.2  # alpha ~ N(0, 0.1)
+    cropped = _first_batch(dict(random_crop_padding=4))["image"]
+    for p, c in zip(plain, cropped):  # a shifted copy, zero filled
+        padded = np.pad(p, [(4, 4), (4, 4), (0, 0)])
+        assert any(np.array_equal(c, padded[y : y + 32, x : x + 32]) for y in range(9) for x in range(9))
+    with pytest.raises(ValueError, match="unknown augment"):
+        aug.options(dict(mixup=0.2))

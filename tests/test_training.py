@@ -1,0 +1,295 @@
+"""Loss, metrics, steps, optimizers and schedules, checked against hand-computed numbers."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import layers, optim, parallel, training
+from jaxcnn.models import get_model
+from train.configs.default import get_config
+
+
+def make_config(**overrides):
+    config = get_config()
+    config.update(overrides)
+    return config
+
+
+class TinyNet(nn.Module):
+    """Dense -> ReLU -> Dropout -> (BatchNorm) -> Dense, optionally sowing an auxiliary head."""
+
+    num_classes: int = 4
+    dropout: float = 0.0
+    use_bn: bool = False
+    aux: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        h = nn.relu(nn.Dense(8, name="hidden")(x))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        if self.use_bn:
+            h = layers.batch_norm(train)(name="bn")(h)
+        if self.aux and train:
+            self.sow("aux", "aux1", nn.Dense(self.num_classes, name="aux_head")(x))
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
+def tiny_batch(size=8, num_classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.normal(size=(size, 4, 4, 1)).astype(np.float32),
+            "label": rng.integers(0, num_classes, size).astype(np.int32)}
+
+
+def tiny_state(model, config, seed=0):
+    return training.create_train_state(model, config, jax.random.PRNGKey(seed), (4, 4, 1), steps_per_epoch=10)
+
+
+def jit_step(**kw):
+    return jax.jit(functools.partial(training.train_step, num_classes=4, **kw))
+
+
+def leaves_equal(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+# --- LeNet-5 learns; bf16 -----------------------------------------------------------------------------------
+
+
+def patterned_mnist_like(size=32, seed=0):
+    """Random 28x28 images with a fixed random pattern per label added: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(size=(10, 28, 28, 1))
+    labels = np.arange(size) % 10
+    images = 0.5 * rng.normal(size=(size, 28, 28, 1)) + patterns[labels]
+    return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def lenet_losses():
+    config = make_config(optimizer="adam", learning_rate=3e-3)
+    train_fn, eval_fn = training.step_functions(config, 10)
+    driver = parallel.make_driver("single", train_fn, eval_fn)
+    state = driver.put_state(training.create_train_state(get_model("lenet5"), config, jax.random.PRNGKey(0),
+                                                         (28, 28, 1), steps_per_epoch=1))
+    batch, losses = patterned_mnist_like(), []
+    for _ in range(30):
+        state, metrics = driver.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return losses, driver.eval_step(state, batch)
+
+
+def test_lenet5_loss_falls_on_a_fixed_batch(lenet_losses):
+    losses, sums = lenet_losses
+    assert 2.0 < losses[0] < 3.0  # about ln(10) at initialization
+    assert losses[-1] < 0.2 * losses[0]
+    assert float(sums["top1_sum"]) / float(sums["count"]) == 1.0
+
+
+def test_bfloat16_runs_and_keeps_params_float32(lenet_losses):
+    config = make_config(optimizer="adam", learning_rate=3e-3, dtype="bfloat16")
+    assert training.model_dtype(config) == jnp.bfloat16
+    model = get_model("lenet5", dtype=training.model_dtype(config))
+    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (28, 28, 1), steps_per_epoch=1)
+    state, metrics = jax.jit(functools.partial(training.train_step, num_classes=10))(state, patterned_mnist_like())
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.dtype.kind == "f"} == {jnp.dtype(jnp.float32)}
+    assert metrics["loss"].dtype == jnp.float32
+    # Same initialization as the fp32 run: bf16 rounding moves the first loss a little, not a lot.
+    assert 0 < abs(float(metrics["loss"]) - lenet_losses[0][0]) < 0.05
+
+
+# --- Loss and metrics ---------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_changes_the_loss_by_the_hand_computed_amount():
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]], np.float32)
+    log_p = logits - np.log(np.sum(np.exp(logits)))
+    plain = -log_p[0, 2]
+    smoothing = 0.1
+    # targets (1 - s) one_hot + s / K: the loss moves by s * (mean_k(-log p_k) - (-log p_y)).
+    expected = plain + smoothing * (-np.mean(log_p[0]) - plain)
+    labels = np.array([2])
+    np.testing.assert_allclose(training.cross_entropy(logits, labels), [plain], rtol=1e-6)
+    np.testing.assert_allclose(training.cross_entropy(logits, labels, 4, smoothing), [expected], rtol=1e-6)
+
+
+def test_top1_top5_counts():
+    logits = np.array([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6]], np.float32)
+    labels = np.array([6, 5, 1])  # rank 0, rank 5, rank 5
+    metrics = training.compute_metrics(logits, labels)
+    np.testing.assert_allclose(metrics["top1"], 1 / 3)
+    np.testing.assert_allclose(metrics["top5"], 1 / 3)
+    # With 3 classes "top-5" is top-3: always right.
+    assert float(training.compute_metrics(logits[:, :3], np.array([0, 1, 2]))["top5"]) == 1.0
+
+
+def test_aux_loss_adds_weighted_aux_cross_entropy():
+    model = TinyNet(aux=True)
+    state = tiny_state(model, make_config(learning_rate=0.1))
+    assert "aux_head" in state.params  # initialized in train mode
+    batch = tiny_batch()
+    variables = {"params": state.params}
+    main = model.apply(variables, batch["image"])
+    aux = nn.Dense(4).apply({"params": state.params["aux_head"]}, batch["image"].reshape(8, -1))
+    ce = lambda logits: float(np.mean(training.cross_entropy(logits, batch["label"])))  # noqa: E731
+    _, metrics = jit_step(aux_loss_weight=0.3)(state, batch)
+    np.testing.assert_allclose(metrics["loss"], ce(main) + 0.3 * ce(aux), rtol=1e-5)
+    np.testing.assert_allclose(metrics["aux_loss"], ce(aux), rtol=1e-5)
+
+
+# --- Schedules ----------------------------------------------------------------------------------------------
+
+
+def test_piecewise_schedule_by_epoch():
+    config = make_config(schedule="piecewise", piecewise_boundaries=[2, 5, 8],
+                         piecewise_values=[5e-4, 2e-4, 5e-5, 1e-5])
+    schedule = optim.build_schedule(config, steps_per_epoch=100)
+    for step, lr in [(0, 5e-4), (199, 5e-4), (200, 2e-4), (499, 2e-4), (500, 5e-5), (799, 5e-5), (800, 1e-5),
+                     (5000, 1e-5)]:
+        np.testing.assert_allclose(schedule(step), lr, rtol=1e-6, err_msg=f"step {step}")
+    with pytest.raises(ValueError, match="one more value than boundaries"):
+        optim.build_schedule(make_config(schedule="piecewise", piecewise_boundaries=[2], piecewise_values=[1.0]), 10)
+
+
+def test_warmup_cosine_and_step_schedules():
+    cosine = optim.build_schedule(make_config(schedule="cosine", learning_rate=0.1, warmup_epochs=1, num_epochs=5),
+                                  steps_per_epoch=10)
+    for step, lr in [(0, 0.0), (5, 0.05), (10, 0.1), (30, 0.05), (50, 0.0)]:
+        np.testing.assert_allclose(cosine(step), lr, atol=1e-7, err_msg=f"step {step}")
+    step_decay = optim.build_schedule(make_config(schedule="step", learning_rate=0.1, step_decay_epochs=3,
+                                                  step_decay_factor=0.1), steps_per_epoch=10)
+    for step, lr in [(0, 0.1), (29, 0.1), (30, 0.01), (60, 0.001)]:
+        np.testing.assert_allclose(step_decay(step), lr, rtol=1e-6, err_msg=f"step {step}")
+    warm_constant = optim.build_schedule(make_config(learning_rate=0.2, warmup_epochs=1), steps_per_epoch=10)
+    np.testing.assert_allclose([warm_constant(0), warm_constant(5), warm_constant(10), warm_constant(99)],
+                               [0.0, 0.1, 0.2, 0.2], atol=1e-7)
+
+
+# --- Optimizers ---------------------------------------------------------------------------------------------
+
+
+def _params():
+    return {"dense": {"kernel": jnp.full((2, 3), 0.5), "bias": jnp.full((3,), 0.25)},
+            "bn": {"scale": jnp.ones((3,)), "bias": jnp.zeros((3,))}}
+
+
+LR, GRAD = 0.1, -2.0
+FIRST_STEP = {  # the first update of each optimizer for a constant gradient GRAD, by hand
+    "sgd": dict(config={}, update=-LR * GRAD),
+    "nesterov": dict(config=dict(nesterov=True), update=-LR * (1 + 0.9) * GRAD),
+    "adam": dict(config=dict(optimizer="adam"), update=-LR * GRAD / (abs(GRAD) + 1e-8)),
+    "rmsprop": dict(config=dict(optimizer="rmsprop"), update=-LR * GRAD / np.sqrt(0.1 * GRAD**2 + 1e-8)),
+    "adamw": dict(config=dict(optimizer="adamw", weight_decay=0.01),
+                  update=-LR * GRAD / (abs(GRAD) + 1e-8), kernel_extra=-LR * 0.01 * 0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(FIRST_STEP))
+def test_every_optimizer_takes_its_first_step(name):
+    case = FIRST_STEP[name]
+    tx, _ = optim.build_optimizer(make_config(learning_rate=LR, **case["config"]), steps_per_epoch=10)
+    params = _params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, GRAD), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["dense"]["kernel"], case["update"] + case.get("kernel_extra", 0.0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(updates["dense"]["bias"], case["update"], rtol=1e-5)
+    np.testing.assert_allclose(updates["bn"]["scale"], case["update"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_weight_decay_touches_kernels_only(optimizer):
+    tx, _ = optim.build_optimizer(make_config(optimizer=optimizer, momentum=0.0, learning_rate=LR,
+                                              weight_decay=5e-4), steps_per_epoch=10)
+    params = _params()
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["dense"]["kernel"], 0.5 * (1 - LR * 5e-4), rtol=1e-7)
+    for path in (("dense", "bias"), ("bn", "scale"), ("bn", "bias")):
+        assert np.array_equal(new[path[0]][path[1]], params[path[0]][path[1]]), path
+    assert optim.kernel_mask(params) == {"dense": {"kernel": True, "bias": False},
+                                         "bn": {"scale": False, "bias": False}}
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+    tx, _ = optim.build_optimizer(make_config(momentum=0.0, learning_rate=1.0, grad_clip_norm=1.0), 10)
+    params = _params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)  # global norm 3 * sqrt(15)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-6)
+
+
+def test_reduce_on_plateau_divides_lr_after_patience_evaluations():
+    config = make_config(schedule="plateau", learning_rate=0.1, momentum=0.0, plateau_patience=2)
+    state = tiny_state(TinyNet(), config)
+    schedule = optim.build_schedule(config, 10)
+    lrs = []
+    for val_loss in [1.0, 0.5, 0.6, 0.55, 0.7]:
+        state = training.update_plateau(state, val_loss)
+        lrs.append(float(training.learning_rate(state, schedule)))
+    # 1.0 and 0.5 improve; 0.6 and 0.55 are two evaluations without improvement (patience 2) -> lr / 10.
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    # The training step uses the reduced rate and leaves the plateau state where the evaluations put it.
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    np.testing.assert_allclose(updates["head"]["bias"], -0.01, rtol=1e-6)
+    assert leaves_equal(opt_state, state.opt_state)
+    # Without the plateau schedule update_plateau is a no-op.
+    plain = tiny_state(TinyNet(), make_config())
+    assert training.update_plateau(plain, 5.0) is plain
+
+
+# --- Freezing, non-finite updates, dropout ------------------------------------------------------------------
+
+
+def test_freezing_leaves_frozen_params_bit_identical():
+    config = make_config(optimizer="adam", learning_rate=0.1, weight_decay=0.1)
+    model = TinyNet()
+    params = tiny_state(model, config).params
+    trainable = optim.head_trainable(params)
+    assert trainable == {"hidden": {"kernel": False, "bias": False}, "head": {"kernel": True, "bias": True}}
+    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (4, 4, 1), 10, trainable=trainable)
+    new, _ = jit_step()(state, tiny_batch())
+    assert leaves_equal(new.params["hidden"], state.params["hidden"])
+    assert float(np.max(np.abs(new.params["head"]["kernel"] - state.params["head"]["kernel"]))) > 0.05
+
+
+def test_apply_if_finite_skips_a_nan_update_and_counts_it():
+    config = make_config(learning_rate=0.1, skip_nonfinite=True)
+    state = tiny_state(TinyNet(use_bn=True), config)
+    step = jit_step()
+    bad = tiny_batch()
+    bad["image"][0, 0, 0, 0] = np.nan
+    skipped, metrics = step(state, bad)
+    assert int(metrics["skipped"]) == 1 and int(skipped.step) == 1
+    assert leaves_equal(skipped.params, state.params)
+    assert leaves_equal(skipped.batch_stats, state.batch_stats)
+    good, metrics = step(skipped, tiny_batch())
+    assert int(metrics["skipped"]) == 1
+    assert float(np.max(np.abs(good.params["head"]["bias"] - state.params["head"]["bias"]))) > 1e-3
+    assert not leaves_equal(good.batch_stats, state.batch_stats)
+
+
+def test_dropout_key_depends_on_step_and_is_reproducible():
+    state = tiny_state(TinyNet(dropout=0.5), make_config(learning_rate=0.1))
+    step, batch = jit_step(), tiny_batch()
+    first, again = step(state, batch)[0], step(state, batch)[0]
+    later = step(state.replace(step=jnp.ones((), jnp.int32)), batch)[0]
+    assert leaves_equal(first.params, again.params)
+    assert float(np.max(np.abs(first.params["hidden"]["kernel"] - later.params["hidden"]["kernel"]))) > 1e-4
+    assert not np.array_equal(training.dropout_key(state), training.dropout_key(first))
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="sgd, adam, adamw, rmsprop"):
+        optim.build_optimizer(make_config(optimizer="lion"), 10)
+    with pytest.raises(ValueError, match="constant, piecewise"):
+        optim.build_schedule(make_config(schedule="linear"), 10)
+    with pytest.raises(ValueError, match="float32, bfloat16"):
+        training.model_dtype(make_config(dtype="int8"))

@@ -1,0 +1,439 @@
+"""The training loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir, split)`.
+
+Data -> parallel driver -> jitted per-device steps -> periodic evaluation -> checkpoints -> logs.
+
+Reproducibility: one root key from `config.seed`; the train step derives each step's key with
+`fold_in(key, step)`, and the data order is a pure function of (seed, epoch). A checkpoint stores the
+state and the data position (epoch, batch), so a resumed run replays exactly the batches and keys an
+uninterrupted run would have seen and ends bit-identical to it.
+
+Interruptions: SIGTERM and SIGINT set a flag; the loop then saves a checkpoint at the current step and
+returns with `interrupted` set (train.main exits 0 after SIGTERM, so a preempted job counts as a clean stop,
+and 130 after Ctrl-C, the shell's convention). A second Ctrl-C interrupts at once. SIGKILL cannot be caught:
+the rerun resumes from the last complete checkpoint (see jaxcnn.checkpoint).
+
+Non-finite losses: the loop stops with a message naming the first bad step and does not save the bad state,
+so the last checkpoint stays the last good one; with `config.skip_nonfinite` the optimizer skips such
+updates (optax.apply_if_finite) and the loop counts and logs them.
+
+Logs: `<workdir>/metrics.jsonl` (one JSON object per logged step: step, split, loss, top1, top5, ...),
+TensorBoard summaries under `<workdir>/tensorboard`, and a progress line on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcnn import checkpoint as ckpt
+from jaxcnn import data, models, optim, parallel, training
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(ValueError):
+    """A run that cannot go on (non-finite loss, no checkpoint to evaluate...); the message says why."""
+
+
+# ------------------------------------------------------------------------------------------ the setup
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from the config before the first step."""
+
+    config: ml_collections.ConfigDict
+    spec: models.ModelSpec
+    model: Any
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    metadata: dict
+    driver: Any  # jaxcnn.parallel driver around the jitted steps
+
+
+def image_shape_for(config, spec: models.ModelSpec) -> tuple[int, int, int]:
+    """(H, W, C): `config.image_size` square (-1: the model's default) with the model's channel count."""
+    h, w, c = spec.input_shape
+    size = int(config.image_size)
+    return (h, w, c) if size <= 0 else (size, size, c)
+
+
+def setup(config, workdir: str | Path) -> Setup:
+    """Resolve the model, class count and image shape, and check the workdir, before any data or step.
+
+    Raises ValueError with a one-line message for an unknown model, a dataset that cannot be had, an image
+    size the model cannot take, and a workdir holding another model's checkpoints (nothing is written).
+    """
+    spec = models.get_spec(config.model)
+    dataset_classes, _ = data.dataset_info(config.dataset, data_dir=config.data_dir or None)
+    num_classes = int(config.num_classes) if config.num_classes > 0 else int(dataset_classes)
+    image_shape = image_shape_for(config, spec)
+    driver = parallel.make_driver(config.parallel, *training.step_functions(config, num_classes))
+    model = models.get_model(config.model, num_classes=num_classes, dtype=training.model_dtype(config),
+                             axis_name=driver.axis_name, **dict(config.model_kwargs))
+    # Trace the model once (no FLOPs) so a size it cannot take fails here with its own message.
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                   jnp.zeros((1, *image_shape), jnp.float32))
+    metadata = dict(model=config.model, num_classes=num_classes, image_shape=list(image_shape),
+                    dataset=config.dataset)
+    ckpt.check_compatible(workdir, metadata)
+    return Setup(config, spec, model, num_classes, image_shape, metadata, driver)
+
+
+def make_pipeline(config, split: str, *, train: bool, image_shape, batch_size: int):
+    return data.make_pipeline(
+        config.dataset, split, batch_size=batch_size, image_shape=tuple(image_shape), train=train,
+        seed=int(config.seed), augment=config.augment if train else None, normalize=config.normalize,
+        data_dir=config.data_dir or None, process_index=jax.process_index(),
+        process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer))
+
+
+def initial_state(s: Setup, steps_per_epoch: int):
+    """The train state at step 0: fresh, or from `config.init_from` saved variables.
+
+    With `freeze_backbone` only the classifier head (the last top-level module) is trained; with
+    `reinit_head` the head keeps its fresh initialization (for a different class count).
+    """
+    config = s.config
+    trainable = optim.head_trainable if config.freeze_backbone else None
+    state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
+                                        steps_per_epoch, trainable=trainable)
+    if not config.init_from:
+        return state
+    variables, meta = ckpt.load_variables(config.init_from)
+    if meta.get("num_classes") != s.num_classes and not config.reinit_head:
+        raise ValueError(f"--init_from {config.init_from} has {meta.get('num_classes')} classes, this run "
+                         f"{s.num_classes}: pass --config.reinit_head=True for a fresh classifier head")
+    head = optim.head_trainable(state.params) if config.reinit_head else None
+    return state.replace(params=merge_variables(state.params, variables["params"], keep_fresh=head),
+                         batch_stats=merge_variables(state.batch_stats, variables.get("batch_stats", {})))
+
+
+def merge_variables(fresh, loaded, keep_fresh=None):
+    """`loaded` values in `fresh`'s structure (a clear error on a missing or misshapen entry);
+    leaves where `keep_fresh` is True stay fresh."""
+    keep = keep_fresh if keep_fresh is not None else jax.tree_util.tree_map(lambda _: False, fresh)
+
+    def pick(path, f, k):
+        if k:
+            return f
+        node = loaded
+        for p in path:
+            name = getattr(p, "key", p)
+            if not hasattr(node, "__getitem__") or name not in node:
+                raise ValueError(f"--init_from lacks {jax.tree_util.keystr(path)} that the model has")
+            node = node[name]
+        if tuple(np.shape(node)) != tuple(np.shape(f)):
+            raise ValueError(f"--init_from {jax.tree_util.keystr(path)} has shape {np.shape(node)}, "
+                             f"the model {np.shape(f)}")
+        return jnp.asarray(node, dtype=f.dtype)
+
+    return jax.tree_util.tree_map_with_path(pick, fresh, keep)
+
+
+# --------------------------------------------------------------------------------------------- logs
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard. On resume the JSON lines past the resumed step are dropped, so the
+    file reads as if the run had never stopped."""
+
+    def __init__(self, workdir: Path, resumed_step: int):
+        self.path = workdir / "metrics.jsonl"
+        self.records = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resumed_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self._file = self.path.open("a")
+        import tensorflow as tf  # the data pipeline has imported it already
+        from tensorflow.core.framework import summary_pb2
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+        # tf.summary.scalar lives in the tensorboard package; the raw write with the 'scalars' plugin tag
+        # produces the same event records without that dependency.
+        self._scalar_metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def write(self, step: int, split: str, **values) -> None:
+        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        with self._writer.as_default(step=int(step)):
+            for k, v in values.items():
+                if isinstance(v, (int, float, np.number)):
+                    self._tf.summary.write(f"{split}/{k}", self._tf.constant(float(v), self._tf.float32),
+                                           metadata=self._scalar_metadata)
+        self._writer.flush()
+
+    def best(self) -> tuple[float, int] | None:
+        """(top1, step) of the best validation record so far (the earliest on ties)."""
+        evals = [r for r in self.records if r["split"] == "validation" and _finite(r.get("top1"))]
+        if not evals:
+            return None
+        best = max(evals, key=lambda r: (r["top1"], -r["step"]))
+        return best["top1"], best["step"]
+
+    def close(self) -> None:
+        self._file.close()
+        self._writer.close()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file; a torn last line (a kill mid-write) is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray, jax.Array)):
+        v = np.asarray(v).item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf
+    return v
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream = total, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, step: int, **values) -> None:
+        frac = min(step / max(self.total, 1), 1.0)
+        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        line = f"step {step}/{self.total} [{bar}] {text}"
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------------------- signals
+
+
+class StopSignals:
+    """Turn SIGTERM/SIGINT into a flag the loop polls; a second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received == "SIGINT" and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.received = self.received or name
+        log.warning("%s received: saving a checkpoint at the current step and stopping", name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+def poisoned(batch: dict) -> dict:
+    """The batch with NaN images (config.debug_nan_step)."""
+    return {**batch, "image": np.full_like(batch["image"], np.nan)}
+
+
+def batches(pipeline, position: ckpt.Position, steps_per_epoch: int) -> Iterator[tuple[ckpt.Position, dict]]:
+    """(position after the batch, batch) forever from `position` on, epoch after epoch."""
+    epoch, skip = position.epoch, position.batch
+    while True:
+        for i, batch in enumerate(pipeline.epoch(epoch, skip_batches=skip), start=skip):
+            after = ckpt.Position(epoch, i + 1) if i + 1 < steps_per_epoch else ckpt.Position(epoch + 1, 0)
+            yield after, batch
+        epoch, skip = epoch + 1, 0
+
+
+def run_eval(driver, device_state, pipeline) -> dict:
+    """Loss, top-1, top-5 over a whole split (padded examples carry mask 0 and do not count)."""
+    sums = {}
+    for batch in pipeline.epoch(0):
+        out = jax.device_get(driver.eval_step(device_state, batch))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
+    if not sums:
+        raise TrainingError("the evaluation split has no examples")
+    return dict(training.summarize(sums), count=int(round(sums["count"])))
+
+
+def mean_metrics(window: list[dict]) -> dict:
+    """Host means over the steps of a logging window (each value averaged over devices too)."""
+    fetched = jax.device_get(window)
+    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5")]
+    return {k: float(np.mean([np.mean(np.asarray(m[k])) for m in fetched])) for k in keys}
+
+
+def first_nonfinite(window: list[dict], first_step: int) -> int | None:
+    """The step of the first non-finite loss in the window, or None."""
+    for i, m in enumerate(jax.device_get(window)):
+        if not np.all(np.isfinite(np.asarray(m["loss"]))):
+            return first_step + i
+    return None
+
+
+# -------------------------------------------------------------------------------------- entry points
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Train `config.model` on `config.dataset`, evaluating and checkpointing into `workdir`.
+
+    Resumes from the newest complete checkpoint in `workdir`. Returns a dict with best_top1, best_step,
+    final_step, last validation metrics (validation), skipped_nonfinite and interrupted (None, 'SIGTERM'
+    or 'SIGINT').
+    """
+    workdir = Path(workdir).absolute()
+    s = setup(config, workdir)
+    parallel.check_divisible(config.batch_size, s.driver.num_devices, "batch_size")
+    parallel.check_divisible(config.eval_batch_size, s.driver.num_devices, "eval_batch_size")
+    train_data = make_pipeline(config, config.train_split, train=True, image_shape=s.image_shape,
+                               batch_size=config.batch_size)
+    eval_data = make_pipeline(config, config.eval_split, train=False, image_shape=s.image_shape,
+                              batch_size=config.eval_batch_size)
+    steps_per_epoch = int(train_data.steps_per_epoch)
+    num_steps = optim.total_steps(config, steps_per_epoch)
+    eval_every = int(config.eval_every_steps) if config.eval_every_steps > 0 else steps_per_epoch
+
+    state = initial_state(s, steps_per_epoch)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
+    position = ckpt.Position()
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, position, _ = restored
+        log.info("resuming from step %d (epoch %d, batch %d)", int(state.step), position.epoch, position.batch)
+    step = int(jax.device_get(state.step))
+    metrics_log = MetricsLog(workdir, resumed_step=step)
+    driver = s.driver
+    device_state = driver.put_state(state)
+    progress = Progress(num_steps)
+    skipped, window, window_start, last_eval = 0, [], step + 1, None
+    tick, window_images = time.perf_counter(), 0
+
+    def save(pos: ckpt.Position, metrics: dict | None = None) -> None:
+        checkpoints.save(driver.get_state(device_state), pos, s.metadata, metrics)
+
+    def flush_window() -> dict:
+        """Check and log the pending train metrics; raise on a non-finite loss unless skipping."""
+        nonlocal window, window_start, skipped, tick, window_images
+        if not window:
+            return {}
+        bad = first_nonfinite(window, window_start)
+        if bad is not None and not config.skip_nonfinite:
+            raise TrainingError(f"non-finite loss at step {bad}: stopping; the last checkpoint "
+                                f"(step {max(checkpoints.steps(), default=0)}) holds the last good state")
+        fetched = jax.device_get(window)
+        if "skipped" in fetched[-1]:  # the optimizer's own count of the updates apply_if_finite skipped
+            skipped = int(np.max(np.asarray(fetched[-1]["skipped"])))
+        finite = [m for m in fetched if np.all(np.isfinite(np.asarray(m["loss"])))]
+        means = mean_metrics(finite) if finite else dict(loss=float("nan"), top1=float("nan"), top5=float("nan"))
+        now = time.perf_counter()
+        rate = window_images / max(now - tick, 1e-9)
+        extra = {"skipped_nonfinite": skipped} if config.skip_nonfinite else {}
+        metrics_log.write(step, "train", **means, images_per_sec=rate, **extra)
+        progress.update(step, loss=means["loss"], top1=means["top1"], img_per_s=round(rate))
+        window, window_start, tick, window_images = [], step + 1, now, 0
+        return means
+
+    interrupted = None
+    with StopSignals() as stop:
+        try:
+            stream = batches(train_data, position, steps_per_epoch)
+            while step < num_steps and not stop.received:
+                position, batch = next(stream)
+                if step + 1 == config.debug_nan_step:
+                    batch = poisoned(batch)
+                device_state, metrics = driver.train_step(device_state, batch)
+                step += 1
+                window.append(metrics)
+                window_images += int(config.batch_size)
+                is_last = step == num_steps
+                if step % config.log_every_steps == 0 or is_last or stop.received:
+                    flush_window()
+                if step % eval_every == 0 or is_last:
+                    flush_window()
+                    last_eval = run_eval(driver, device_state, eval_data)
+                    metrics_log.write(step, "validation", **{k: v for k, v in last_eval.items()})
+                    device_state = driver.update_plateau(device_state, last_eval["loss"])
+                    save(position, metrics=last_eval)
+                elif step % config.checkpoint_every_steps == 0:
+                    flush_window()
+                    save(position)
+            flush_window()
+            if stop.received:
+                interrupted = stop.received
+                save(position)
+                print(f"{interrupted}: saved a checkpoint at step {step}; rerun to resume", file=sys.stderr)
+        finally:
+            progress.close()
+            metrics_log.close()
+            checkpoints.close()
+
+    best = metrics_log.best()
+    result = dict(best_top1=best[0] if best else None, best_step=best[1] if best else None, final_step=step,
+                  validation=last_eval, skipped_nonfinite=skipped, interrupted=interrupted)
+    if best:
+        print(f"best validation top-1: {best[0]:.4f} at step {best[1]}")
+    return result
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str | None = None) -> dict:
+    """Evaluate the newest checkpoint in `workdir` on `split`; writes `<workdir>/eval_<split>.json`."""
+    workdir = Path(workdir).absolute()
+    split = split or config.eval_split
+    s = setup(config, workdir)
+    parallel.check_divisible(config.eval_batch_size, s.driver.num_devices, "eval_batch_size")
+    pipeline = make_pipeline(config, split, train=False, image_shape=s.image_shape,
+                             batch_size=config.eval_batch_size)
+    state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
+                                        max(int(pipeline.steps_per_epoch), 1))
+    restored = ckpt.restore_latest(workdir, state) if ckpt.list_steps(workdir) else None
+    if restored is None:
+        raise TrainingError(f"no checkpoint to evaluate in {ckpt.checkpoint_dir(workdir)}")
+    state = restored[0]
+    driver = s.driver
+    result = run_eval(driver, driver.put_state(state), pipeline)
+    result = dict(result, step=int(jax.device_get(state.step)), split=split, model=config.model)
+    (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
+          f"({result['count']} images, step {result['step']})")
+    return result

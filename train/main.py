@@ -1,0 +1,93 @@
+"""`python -m train.main --model=NAME`: parse flags, build the config, call the loop.
+
+Kept short on purpose: the logic lives in train/loop.py and jaxcnn, which notebooks import directly.
+The config is `--config=FILE` when given, else the recipe for --model (train/configs/<model>.py, or
+default.py); `--config.FIELD=VALUE` overrides apply to either, and explicit flags override both.
+Bad input ends with one line on stderr and exit status 1 (a traceback only with --verbose).
+Exit status after a signal: 0 for SIGTERM (the checkpoint is saved; rerun to resume), 130 for SIGINT.
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before tensorflow is imported anywhere
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up banner on stderr
+
+_DEFAULT = str(Path(__file__).parent / "configs" / "default.py")
+CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file (default: the "
+                                         "recipe for --model)", lock_config=False)
+flags.DEFINE_string("model", None, "model name (--list_models)")
+flags.DEFINE_string("dataset", None, "embedded_mnist, a tfds name, or folder:/path")
+flags.DEFINE_string("workdir", None, "checkpoints and logs (default ./workdir/<model>)")
+flags.DEFINE_string("data_dir", None, "tfds data_dir")
+flags.DEFINE_integer("num_epochs", None, "epochs")
+flags.DEFINE_integer("num_train_steps", None, "steps (> 0 overrides num_epochs)")
+flags.DEFINE_integer("batch_size", None, "global batch size")
+flags.DEFINE_float("learning_rate", None, "base learning rate")
+flags.DEFINE_integer("seed", None, "root random seed")
+flags.DEFINE_enum("parallel", None, ["pmap", "shard_map"], "multi-device driver")
+flags.DEFINE_integer("checkpoint_every_steps", None, "checkpoint period")
+flags.DEFINE_integer("log_every_steps", None, "logging period")
+flags.DEFINE_string("init_from", None, "saved variables to start from (python -m jaxcnn.convert)")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or evaluate the latest checkpoint")
+flags.DEFINE_string("split", None, "split for --mode=eval (default: config.eval_split)")
+flags.DEFINE_bool("list_models", False, "print the model names and exit")
+flags.DEFINE_bool("verbose", False, "debug logs and full tracebacks")
+FLAGS = flags.FLAGS
+OVERRIDES = ("model", "dataset", "data_dir", "num_epochs", "num_train_steps", "batch_size", "learning_rate",
+             "seed", "parallel", "checkpoint_every_steps", "log_every_steps", "init_from")
+
+
+def build_config():
+    """The config file (or --model's recipe with the --config.* overrides), then the explicit flags."""
+    from train.configs import recipe_for
+
+    if FLAGS["config"].present:
+        config = CONFIG.value
+    else:
+        config = recipe_for(FLAGS.model or CONFIG.value.model)
+        for path, value in config_flags.get_override_values(FLAGS["config"]).items():
+            *parents, leaf = path.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    for name in OVERRIDES:
+        if FLAGS[name].present:
+            config[name] = FLAGS[name].value
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    from jaxcnn import models
+
+    if FLAGS.list_models:
+        print("\n".join(models.list_models()))
+        return 0
+    from train import loop
+
+    config = build_config()
+    workdir = FLAGS.workdir or os.path.join("workdir", config.model)
+    try:
+        if FLAGS.mode == "eval":
+            loop.evaluate(config, workdir, FLAGS.split)
+            return 0
+        result = loop.train_and_evaluate(config, workdir)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
+        if FLAGS.verbose:
+            raise
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 1
+    return 130 if result["interrupted"] == "SIGINT" else 0
+
+
+if __name__ == "__main__":
+    app.run(main)
