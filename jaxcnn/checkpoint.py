@@ -224,6 +224,26 @@ def restore_latest(workdir: str | Path, target_state: Any) -> tuple[Any, Positio
         return checkpoints.restore_latest(target_state)
 
 
+def restore_variables(workdir: str | Path) -> tuple[dict, dict, int] | None:
+    """(variables {'params', 'batch_stats'}, metadata, step) of `workdir`'s newest restorable checkpoint, or
+    None; reads only.
+
+    For inference tools (train.visualize, train.predict): unlike `restore_latest` it needs no target state,
+    so it works whatever optimizer the run used. A checkpoint that fails to restore is skipped with a warning.
+    """
+    for step in reversed(list_steps(workdir)):
+        step_dir = checkpoint_dir(workdir) / str(step)
+        try:
+            restored = _read_item(step_dir, state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
+        except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
+            log.warning("skipping corrupt checkpoint %s (%s)", step_dir, _first_line(e))
+            continue
+        state = restored.state
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+        return jax.tree_util.tree_map(np.asarray, variables), dict(restored.metadata), step
+    return None
+
+
 # --------------------------------------------------------------------------------- saved variables
 
 

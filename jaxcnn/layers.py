@@ -133,7 +133,7 @@ def avg_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequenc
 
 def _adaptive_bins(size: int, out: int) -> np.ndarray:
     """(out, size) averaging matrix with torch's bins: floor(i*size/out) .. ceil((i+1)*size/out)."""
-    matrix = np.zeros((out, size), np.float32)
+    matrix = np.zeros((out, size), np.float64)  # cast to the input's dtype by the caller
     for i in range(out):
         start, end = (i * size) // out, -((-(i + 1) * size) // out)
         matrix[i, start:end] = 1.0 / (end - start)

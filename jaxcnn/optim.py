@@ -24,14 +24,15 @@ Public API
     validation loss, or None. Inside the step chain `scale_by_plateau()` only multiplies by the stored scale, so
     the scale changes at evaluations (see `jaxcnn.training.update_plateau`), never at training steps.
 `kernel_mask(params)`: True on leaves named 'kernel' (the weight-decay mask).
-`head_trainable(params, head=None)`: a `trainable` tree that trains only the classifier head.
+`head_trainable(params, head=None, num_classes=None)`: a `trainable` tree that trains only the classifier.
 `plateau_scale(opt_state)`, `skipped_updates(opt_state)`: read the plateau scale / the number of non-finite
     updates skipped by `apply_if_finite` out of a (nested) optimizer state.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,11 @@ def total_steps(config, steps_per_epoch: int) -> int:
     """Number of optimizer steps of the run: `num_train_steps` when > 0, else epochs x steps per epoch."""
     if config.num_train_steps > 0:
         return int(config.num_train_steps)
-    return int(round(config.num_epochs * steps_per_epoch))
+    return round(config.num_epochs * steps_per_epoch)
 
 
 def _epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    return int(round(epochs * steps_per_epoch))
+    return round(epochs * steps_per_epoch)
 
 
 def _with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
@@ -97,16 +98,31 @@ def kernel_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
-def head_trainable(params, head: str | None = None) -> Any:
+def _find_head(params, num_classes: int | None) -> str:
+    """The top-level module that holds the classifier's kernel (see `head_trainable`)."""
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if getattr(path[-1], "key", None) == "kernel"]
+    consumed = {k.shape[-2] for k in kernels if k.ndim >= 2}  # every layer's input width
+    heads = [name for name, sub in params.items() if "kernel" in sub and (
+        sub["kernel"].shape[-1] == num_classes if num_classes else sub["kernel"].shape[-1] not in consumed)]
+    if len(heads) != 1:
+        raise ValueError(f"cannot tell the classifier among the top-level modules {', '.join(params)}: "
+                         "pass head= (its name) or num_classes=")
+    return heads[0]
+
+
+def head_trainable(params, head: str | None = None, num_classes: int | None = None) -> Any:
     """A `trainable` tree for fine-tuning: True under the top-level module `head`, False elsewhere.
 
-    `head=None` takes the last top-level module, which is the classifier in every model of the zoo (flax keeps
-    modules in creation order).
+    With `head=None` the head is the one top-level module whose own kernel has `num_classes` outputs or,
+    without `num_classes`, whose outputs no other layer takes as input: the classifier ('fc', 'output', ...).
+    Auxiliary heads nest their classifier one level deeper, so they never qualify. (The order of modules
+    is no guide: jit returns dicts with sorted keys.)
     """
-    head = list(params)[-1] if head is None else head
+    head = _find_head(params, num_classes) if head is None else head
     if head not in params:
         raise ValueError(f"no top-level module {head!r} to train; the model has {', '.join(params)}")
-    return {name: jax.tree.map(lambda _: name == head, sub) for name, sub in params.items()}
+    return {name: jax.tree.map(lambda _, name=name: name == head, sub) for name, sub in params.items()}
 
 
 # --- Plateau ----------------------------------------------------------------------------------------------
@@ -137,7 +153,8 @@ def scale_by_plateau() -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def _find(opt_state, kind) -> list:
+def find_states(opt_state, kind: type) -> list:
+    """Every sub-state of type `kind` (e.g. `PlateauState`) inside a nested optimizer state."""
     found = []
     jax.tree.map(lambda x: found.append(x) if isinstance(x, kind) else None, opt_state,
                  is_leaf=lambda x: isinstance(x, kind))
@@ -146,13 +163,13 @@ def _find(opt_state, kind) -> list:
 
 def plateau_scale(opt_state) -> jax.Array:
     """The current plateau multiplier of the learning rate (1.0 when there is no plateau schedule)."""
-    states = _find(opt_state, PlateauState)
+    states = find_states(opt_state, PlateauState)
     return states[0].scale if states else jnp.ones((), jnp.float32)
 
 
 def skipped_updates(opt_state) -> jax.Array | None:
     """How many non-finite updates `apply_if_finite` has skipped so far (None without `skip_nonfinite`)."""
-    states = _find(opt_state, optax.ApplyIfFiniteState)
+    states = find_states(opt_state, optax.ApplyIfFiniteState)
     return states[0].total_notfinite if states else None
 
 
@@ -205,6 +222,6 @@ def build_optimizer(config, steps_per_epoch: int,
 
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "PlateauState", "build_optimizer", "build_plateau", "build_schedule",
+    "OPTIMIZERS", "SCHEDULES", "PlateauState", "build_optimizer", "build_plateau", "build_schedule", "find_states",
     "head_trainable", "kernel_mask", "plateau_scale", "scale_by_plateau", "skipped_updates", "total_steps",
 ]

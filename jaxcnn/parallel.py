@@ -22,11 +22,12 @@ raises ValueError. Train metrics come back as (unsynchronized) device scalars; r
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn.training import update_plateau
 
@@ -80,7 +81,8 @@ class SingleDriver:
         self._plateau = jax.jit(update_plateau, donate_argnums=(0,))
 
     def put_state(self, state):
-        return jax.device_put(state, self.device)
+        # A copy: the steps donate the state, which must not delete the caller's arrays.
+        return jax.device_put(state, self.device, may_alias=False)
 
     def get_state(self, state):
         return jax.device_get(state)
@@ -164,7 +166,8 @@ class ShardMapDriver:
         """Replicate a host state over the mesh (every process passes the same state)."""
         def put(x):
             x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, self._replicated, lambda index: x[index])
+            # Copies: the steps donate the state, which must not delete the caller's arrays.
+            return jax.make_array_from_callback(x.shape, self._replicated, lambda index: np.array(x[index]))
         return jax.tree.map(put, state)
 
     def get_state(self, state):

@@ -3,9 +3,10 @@
 Public API (what `train.loop` uses)
 -----------------------------------
 `model_dtype(config)` -> the computation dtype for `get_model(..., dtype=...)` (params stay float32).
-`create_train_state(model, config, rng, input_shape, steps_per_epoch, trainable=None) -> TrainState`
-    Initializes the variables with a jitted `model.init` on a zeros batch of shape (1, *input_shape) in train
-    mode (so auxiliary heads get their params), and the optimizer from `jaxcnn.optim.build_optimizer`.
+`create_train_state(model, config, rng, input_shape, steps_per_epoch, trainable=None, variables=None)`
+    -> TrainState. Initializes the variables (`init_variables`: a jitted `model.init` on a zeros batch of
+    shape (1, *input_shape) in train mode, so auxiliary heads get their params) unless `variables` are given
+    (pretrained weights), and the optimizer from `jaxcnn.optim.build_optimizer` (`trainable` freezes parts).
     `rng` is a `jax.random.PRNGKey`; the state keeps a derived key for dropout. The state lives on the host;
     hand it to `driver.put_state` (`jaxcnn.parallel`).
 `step_functions(config, num_classes) -> (train_fn, eval_fn)`
@@ -31,7 +32,8 @@ is reproducible, steps differ, and devices draw different masks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -68,14 +70,28 @@ def model_dtype(config) -> Any:
     return DTYPES[config.dtype]
 
 
-def create_train_state(model, config, rng: jax.Array, input_shape, steps_per_epoch: int,
-                       trainable=None) -> TrainState:
-    """A fresh TrainState for `model` on inputs of shape `input_shape` (H, W, C); see the module docstring."""
-    init_key, dropout_key, state_key = jax.random.split(rng, 3)
-    x = jnp.zeros((1, *input_shape), jnp.float32)
-    # train=True so that heads that only run in training (auxiliary classifiers) get their params too.
+def init_variables(model, rng: jax.Array, input_shape) -> dict:
+    """`model`'s initial variables for inputs of shape (H, W, C), from a jitted `model.init` on zeros.
+
+    Runs in train mode so that heads used only in training (auxiliary classifiers) get their params too;
+    sown collections are dropped.
+    """
+    params_key, dropout_key = jax.random.split(rng)
     init = jax.jit(functools.partial(model.init, train=True))
-    variables = init({"params": init_key, "dropout": dropout_key}, x)
+    variables = init({"params": params_key, "dropout": dropout_key}, jnp.zeros((1, *input_shape), jnp.float32))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def create_train_state(model, config, rng: jax.Array, input_shape, steps_per_epoch: int, trainable=None,
+                       variables: dict | None = None) -> TrainState:
+    """A fresh TrainState for `model`; see the module docstring.
+
+    `variables` ({'params', 'batch_stats'}, e.g. converted pretrained weights) skips the random init;
+    the state's dropout key comes from `rng` either way.
+    """
+    init_key, state_key = jax.random.split(rng)
+    if variables is None:
+        variables = init_variables(model, init_key, input_shape)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tx, _ = optim.build_optimizer(config, steps_per_epoch, trainable)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -228,6 +244,7 @@ def learning_rate(state: TrainState, schedule_fn: optax.Schedule) -> jax.Array:
 
 __all__ = [
     "TrainState", "compute_metrics", "create_train_state", "cross_entropy", "dropout_key", "eval_step",
+    "init_variables",
     "learning_rate", "model_dtype", "step_functions", "summarize", "top_k_correct", "train_step",
     "update_plateau",
 ]

@@ -20,24 +20,36 @@ def make_config(**overrides):
     return config
 
 
+class AuxHead(nn.Module):
+    """An auxiliary classifier, nested like GoogLeNet's (its Dense is one level down)."""
+
+    num_classes: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+
+
 class TinyNet(nn.Module):
-    """Dense -> ReLU -> Dropout -> (BatchNorm) -> Dense, optionally sowing an auxiliary head."""
+    """Dense -> ReLU -> Dropout -> BatchNorm -> Dense, plus an auxiliary head sown in training.
+
+    Returns logits in the computation dtype (no float32 cast), so the bf16 test sees bf16 logits.
+    """
 
     num_classes: int = 4
     dropout: float = 0.0
-    use_bn: bool = False
-    aux: bool = False
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = x.reshape(x.shape[0], -1)
-        h = nn.relu(nn.Dense(8, name="hidden")(x))
+        x = x.reshape(x.shape[0], -1).astype(self.dtype)
+        h = nn.relu(nn.Dense(8, dtype=self.dtype, name="hidden")(x))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        if self.use_bn:
-            h = layers.batch_norm(train)(name="bn")(h)
-        if self.aux and train:
-            self.sow("aux", "aux1", nn.Dense(self.num_classes, name="aux_head")(x))
-        return nn.Dense(self.num_classes, name="head")(h)
+        h = layers.batch_norm(train, dtype=self.dtype)(name="bn")(h)
+        if train:
+            self.sow("aux", "aux1", AuxHead(self.num_classes, self.dtype, name="aux_classifier")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
 
 
 def tiny_batch(size=8, num_classes=4, seed=0):
@@ -46,8 +58,23 @@ def tiny_batch(size=8, num_classes=4, seed=0):
             "label": rng.integers(0, num_classes, size).astype(np.int32)}
 
 
-def tiny_state(model, config, seed=0):
-    return training.create_train_state(model, config, jax.random.PRNGKey(seed), (4, 4, 1), steps_per_epoch=10)
+@pytest.fixture(scope="module")
+def tiny_vars():
+    """TinyNet's variables, initialized once (random initializers are slow to compile on CPU)."""
+    return training.init_variables(TinyNet(), jax.random.PRNGKey(0), (4, 4, 1))
+
+
+def tiny_state(variables, config, model=None, trainable=None):
+    return training.create_train_state(model or TinyNet(), config, jax.random.PRNGKey(0), (4, 4, 1),
+                                       steps_per_epoch=10, trainable=trainable, variables=variables)
+
+
+def hand_ce(logits, labels):
+    """Mean softmax cross-entropy in float64 numpy."""
+    logits = np.asarray(logits, np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(labels)), labels]))
 
 
 def jit_step(**kw):
@@ -91,17 +118,21 @@ def test_lenet5_loss_falls_on_a_fixed_batch(lenet_losses):
     assert float(sums["top1_sum"]) / float(sums["count"]) == 1.0
 
 
-def test_bfloat16_runs_and_keeps_params_float32(lenet_losses):
+def test_bfloat16_runs_and_keeps_params_float32(tiny_vars):
     config = make_config(optimizer="adam", learning_rate=3e-3, dtype="bfloat16")
     assert training.model_dtype(config) == jnp.bfloat16
-    model = get_model("lenet5", dtype=training.model_dtype(config))
-    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (28, 28, 1), steps_per_epoch=1)
-    state, metrics = jax.jit(functools.partial(training.train_step, num_classes=10))(state, patterned_mnist_like())
-    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
-    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.dtype.kind == "f"} == {jnp.dtype(jnp.float32)}
+    model, batch = TinyNet(dtype=training.model_dtype(config)), tiny_batch()
+    state = tiny_state(tiny_vars, config, model=model)
+    bf16_logits, _ = jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats", "aux"]),
+                                    tiny_vars, batch["image"])
+    assert bf16_logits.dtype == jnp.bfloat16  # the model really computes in bf16
+    new, metrics = jit_step()(state, batch)
+    assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(new.opt_state) if x.dtype.kind == "f"} == {jnp.dtype(jnp.float32)}
     assert metrics["loss"].dtype == jnp.float32
-    # Same initialization as the fp32 run: bf16 rounding moves the first loss a little, not a lot.
-    assert 0 < abs(float(metrics["loss"]) - lenet_losses[0][0]) < 0.05
+    # bf16 rounding moves the loss of the same weights a little, not a lot.
+    fp32_logits, _ = TinyNet().apply(tiny_vars, batch["image"], train=True, mutable=["batch_stats", "aux"])
+    assert 0 < abs(float(metrics["loss"]) - hand_ce(fp32_logits, batch["label"])) < 0.05
 
 
 # --- Loss and metrics ---------------------------------------------------------------------------------------
@@ -129,18 +160,15 @@ def test_top1_top5_counts():
     assert float(training.compute_metrics(logits[:, :3], np.array([0, 1, 2]))["top5"]) == 1.0
 
 
-def test_aux_loss_adds_weighted_aux_cross_entropy():
-    model = TinyNet(aux=True)
-    state = tiny_state(model, make_config(learning_rate=0.1))
-    assert "aux_head" in state.params  # initialized in train mode
+def test_aux_loss_adds_weighted_aux_cross_entropy(tiny_vars):
+    state = tiny_state(tiny_vars, make_config(learning_rate=0.1))
     batch = tiny_batch()
-    variables = {"params": state.params}
-    main = model.apply(variables, batch["image"])
-    aux = nn.Dense(4).apply({"params": state.params["aux_head"]}, batch["image"].reshape(8, -1))
-    ce = lambda logits: float(np.mean(training.cross_entropy(logits, batch["label"])))  # noqa: E731
+    main, sown = TinyNet().apply(tiny_vars, batch["image"], train=True, mutable=["batch_stats", "aux"])
+    main_ce, aux_ce = hand_ce(main, batch["label"]), hand_ce(sown["aux"]["aux1"][0], batch["label"])
+    assert abs(aux_ce - main_ce) > 0.01  # so that the weighting is visible
     _, metrics = jit_step(aux_loss_weight=0.3)(state, batch)
-    np.testing.assert_allclose(metrics["loss"], ce(main) + 0.3 * ce(aux), rtol=1e-5)
-    np.testing.assert_allclose(metrics["aux_loss"], ce(aux), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], main_ce + 0.3 * aux_ce, rtol=1e-5)
+    np.testing.assert_allclose(metrics["aux_loss"], aux_ce, rtol=1e-5)
 
 
 # --- Schedules ----------------------------------------------------------------------------------------------
@@ -180,27 +208,26 @@ def _params():
 
 
 LR, GRAD = 0.1, -2.0
-FIRST_STEP = {  # the first update of each optimizer for a constant gradient GRAD, by hand
-    "sgd": dict(config={}, update=-LR * GRAD),
-    "nesterov": dict(config=dict(nesterov=True), update=-LR * (1 + 0.9) * GRAD),
-    "adam": dict(config=dict(optimizer="adam"), update=-LR * GRAD / (abs(GRAD) + 1e-8)),
-    "rmsprop": dict(config=dict(optimizer="rmsprop"), update=-LR * GRAD / np.sqrt(0.1 * GRAD**2 + 1e-8)),
-    "adamw": dict(config=dict(optimizer="adamw", weight_decay=0.01),
-                  update=-LR * GRAD / (abs(GRAD) + 1e-8), kernel_extra=-LR * 0.01 * 0.5),
+ADAM_STEP = -LR * GRAD / (abs(GRAD) + 1e-8)
+FIRST_STEP = {  # (config, first update, extra on kernels) for a constant gradient GRAD, by hand
+    "sgd": ({}, -LR * GRAD, 0.0),
+    "nesterov": ({"nesterov": True}, -LR * (1 + 0.9) * GRAD, 0.0),
+    "adam": ({"optimizer": "adam"}, ADAM_STEP, 0.0),
+    "rmsprop": ({"optimizer": "rmsprop"}, -LR * GRAD / np.sqrt(0.1 * GRAD**2 + 1e-8), 0.0),
+    "adamw": ({"optimizer": "adamw", "weight_decay": 0.01}, ADAM_STEP, -LR * 0.01 * 0.5),  # decoupled decay
 }
 
 
 @pytest.mark.parametrize("name", list(FIRST_STEP))
 def test_every_optimizer_takes_its_first_step(name):
-    case = FIRST_STEP[name]
-    tx, _ = optim.build_optimizer(make_config(learning_rate=LR, **case["config"]), steps_per_epoch=10)
+    overrides, update, kernel_extra = FIRST_STEP[name]
+    tx, _ = optim.build_optimizer(make_config(learning_rate=LR, **overrides), steps_per_epoch=10)
     params = _params()
     grads = jax.tree.map(lambda p: jnp.full_like(p, GRAD), params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    np.testing.assert_allclose(updates["dense"]["kernel"], case["update"] + case.get("kernel_extra", 0.0),
-                               rtol=1e-5)
-    np.testing.assert_allclose(updates["dense"]["bias"], case["update"], rtol=1e-5)
-    np.testing.assert_allclose(updates["bn"]["scale"], case["update"], rtol=1e-5)
+    np.testing.assert_allclose(updates["dense"]["kernel"], update + kernel_extra, rtol=1e-5)
+    np.testing.assert_allclose(updates["dense"]["bias"], update, rtol=1e-5)
+    np.testing.assert_allclose(updates["bn"]["scale"], update, rtol=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -225,9 +252,9 @@ def test_gradient_clipping_bounds_the_global_norm():
     np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-6)
 
 
-def test_reduce_on_plateau_divides_lr_after_patience_evaluations():
+def test_reduce_on_plateau_divides_lr_after_patience_evaluations(tiny_vars):
     config = make_config(schedule="plateau", learning_rate=0.1, momentum=0.0, plateau_patience=2)
-    state = tiny_state(TinyNet(), config)
+    state = tiny_state(tiny_vars, config)
     schedule = optim.build_schedule(config, 10)
     lrs = []
     for val_loss in [1.0, 0.5, 0.6, 0.55, 0.7]:
@@ -239,30 +266,31 @@ def test_reduce_on_plateau_divides_lr_after_patience_evaluations():
     grads = jax.tree.map(jnp.ones_like, state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     np.testing.assert_allclose(updates["head"]["bias"], -0.01, rtol=1e-6)
-    assert leaves_equal(opt_state, state.opt_state)
+    assert leaves_equal(optim.find_states(opt_state, optim.PlateauState),
+                        optim.find_states(state.opt_state, optim.PlateauState))
     # Without the plateau schedule update_plateau is a no-op.
-    plain = tiny_state(TinyNet(), make_config())
+    plain = tiny_state(tiny_vars, make_config())
     assert training.update_plateau(plain, 5.0) is plain
 
 
 # --- Freezing, non-finite updates, dropout ------------------------------------------------------------------
 
 
-def test_freezing_leaves_frozen_params_bit_identical():
+def test_freezing_leaves_frozen_params_bit_identical(tiny_vars):
     config = make_config(optimizer="adam", learning_rate=0.1, weight_decay=0.1)
-    model = TinyNet()
-    params = tiny_state(model, config).params
-    trainable = optim.head_trainable(params)
-    assert trainable == {"hidden": {"kernel": False, "bias": False}, "head": {"kernel": True, "bias": True}}
-    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (4, 4, 1), 10, trainable=trainable)
-    new, _ = jit_step()(state, tiny_batch())
-    assert leaves_equal(new.params["hidden"], state.params["hidden"])
+    trainable = optim.head_trainable(tiny_vars["params"], num_classes=4)
+    assert optim.head_trainable(tiny_vars["params"]) == trainable  # found as the layer nothing consumes
+    assert trainable["head"] == {"kernel": True, "bias": True}
+    assert not any(jax.tree.leaves({k: v for k, v in trainable.items() if k != "head"}))
+    state = tiny_state(tiny_vars, config, trainable=trainable)
+    new, _ = jit_step(aux_loss_weight=0.3)(state, tiny_batch())
+    for name in ("hidden", "bn", "aux_classifier"):
+        assert leaves_equal(new.params[name], state.params[name]), name
     assert float(np.max(np.abs(new.params["head"]["kernel"] - state.params["head"]["kernel"]))) > 0.05
 
 
-def test_apply_if_finite_skips_a_nan_update_and_counts_it():
-    config = make_config(learning_rate=0.1, skip_nonfinite=True)
-    state = tiny_state(TinyNet(use_bn=True), config)
+def test_apply_if_finite_skips_a_nan_update_and_counts_it(tiny_vars):
+    state = tiny_state(tiny_vars, make_config(learning_rate=0.1, skip_nonfinite=True))
     step = jit_step()
     bad = tiny_batch()
     bad["image"][0, 0, 0, 0] = np.nan
@@ -276,8 +304,8 @@ def test_apply_if_finite_skips_a_nan_update_and_counts_it():
     assert not leaves_equal(good.batch_stats, state.batch_stats)
 
 
-def test_dropout_key_depends_on_step_and_is_reproducible():
-    state = tiny_state(TinyNet(dropout=0.5), make_config(learning_rate=0.1))
+def test_dropout_key_depends_on_step_and_is_reproducible(tiny_vars):
+    state = tiny_state(tiny_vars, make_config(learning_rate=0.1), model=TinyNet(dropout=0.5))
     step, batch = jit_step(), tiny_batch()
     first, again = step(state, batch)[0], step(state, batch)[0]
     later = step(state.replace(step=jnp.ones((), jnp.int32)), batch)[0]

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import data, models, optim, parallel, training
+from jaxcnn import models, optim, parallel, training
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +75,38 @@ def image_shape_for(config, spec: models.ModelSpec) -> tuple[int, int, int]:
 def setup(config, workdir: str | Path) -> Setup:
     """Resolve the model, class count and image shape, and check the workdir, before any data or step.
 
-    Raises ValueError with a one-line message for an unknown model, a dataset that cannot be had, an image
-    size the model cannot take, and a workdir holding another model's checkpoints (nothing is written).
+    Raises ValueError with a one-line message for an unknown model, an image size the model cannot take, a
+    batch that does not divide over the devices, a dataset that cannot be had, and a workdir holding another
+    model's checkpoints (nothing is written). The checks that need no data run before tensorflow is imported,
+    so these errors come quickly.
     """
     spec = models.get_spec(config.model)
+    image_shape = image_shape_for(config, spec)
+    # The loss takes its class count from the logits, so the steps need no num_classes.
+    driver = parallel.make_driver(config.parallel, *training.step_functions(config, None))
+    for size, flag in ((config.batch_size, "batch_size"), (config.eval_batch_size, "eval_batch_size")):
+        parallel.check_divisible(int(size), driver.num_devices, flag)
+
+    def build(num_classes):
+        return models.get_model(config.model, num_classes=num_classes, dtype=training.model_dtype(config),
+                                axis_name=driver.axis_name, **dict(config.model_kwargs))
+
+    # Trace the model once (no FLOPs) so that a size it cannot take fails here with its own message.
+    jax.eval_shape(functools.partial(build(spec.num_classes).init, train=False), jax.random.key(0),
+                   jnp.zeros((1, *image_shape), jnp.float32))
+    from jaxcnn import data  # tensorflow: imported only once the quick checks have passed
+
     dataset_classes, _ = data.dataset_info(config.dataset, data_dir=config.data_dir or None)
     num_classes = int(config.num_classes) if config.num_classes > 0 else int(dataset_classes)
-    image_shape = image_shape_for(config, spec)
-    driver = parallel.make_driver(config.parallel, *training.step_functions(config, num_classes))
-    model = models.get_model(config.model, num_classes=num_classes, dtype=training.model_dtype(config),
-                             axis_name=driver.axis_name, **dict(config.model_kwargs))
-    # Trace the model once (no FLOPs) so a size it cannot take fails here with its own message.
-    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                   jnp.zeros((1, *image_shape), jnp.float32))
     metadata = dict(model=config.model, num_classes=num_classes, image_shape=list(image_shape),
                     dataset=config.dataset)
     ckpt.check_compatible(workdir, metadata)
-    return Setup(config, spec, model, num_classes, image_shape, metadata, driver)
+    return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver)
 
 
 def make_pipeline(config, split: str, *, train: bool, image_shape, batch_size: int):
+    from jaxcnn import data
+
     return data.make_pipeline(
         config.dataset, split, batch_size=batch_size, image_shape=tuple(image_shape), train=train,
         seed=int(config.seed), augment=config.augment if train else None, normalize=config.normalize,
@@ -284,10 +296,13 @@ def batches(pipeline, position: ckpt.Position, steps_per_epoch: int) -> Iterator
         epoch, skip = epoch + 1, 0
 
 
-def run_eval(driver, device_state, pipeline) -> dict:
-    """Loss, top-1, top-5 over a whole split (padded examples carry mask 0 and do not count)."""
+def run_eval(driver, device_state, pipeline, max_batches: int = -1) -> dict:
+    """Loss, top-1, top-5 over a split, or its first `max_batches` batches when > 0 (padded examples carry
+    mask 0 and do not count)."""
     sums = {}
-    for batch in pipeline.epoch(0):
+    for i, batch in enumerate(pipeline.epoch(0)):
+        if 0 < max_batches <= i:
+            break
         out = jax.device_get(driver.eval_step(device_state, batch))
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
@@ -323,8 +338,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     workdir = Path(workdir).absolute()
     s = setup(config, workdir)
-    parallel.check_divisible(config.batch_size, s.driver.num_devices, "batch_size")
-    parallel.check_divisible(config.eval_batch_size, s.driver.num_devices, "eval_batch_size")
     train_data = make_pipeline(config, config.train_split, train=True, image_shape=s.image_shape,
                                batch_size=config.batch_size)
     eval_data = make_pipeline(config, config.eval_split, train=False, image_shape=s.image_shape,
@@ -340,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         state, position, _ = restored
-        log.info("resuming from step %d (epoch %d, batch %d)", int(state.step), position.epoch, position.batch)
+        print(f"resuming from step {int(state.step)} (epoch {position.epoch}, batch {position.batch})",
+              file=sys.stderr)
     step = int(jax.device_get(state.step))
     metrics_log = MetricsLog(workdir, resumed_step=step)
     driver = s.driver
@@ -391,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     flush_window()
                 if step % eval_every == 0 or is_last:
                     flush_window()
-                    last_eval = run_eval(driver, device_state, eval_data)
+                    last_eval = run_eval(driver, device_state, eval_data, config.eval_steps)
                     metrics_log.write(step, "validation", **{k: v for k, v in last_eval.items()})
                     device_state = driver.update_plateau(device_state, last_eval["loss"])
                     save(position, metrics=last_eval)
@@ -421,7 +435,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     workdir = Path(workdir).absolute()
     split = split or config.eval_split
     s = setup(config, workdir)
-    parallel.check_divisible(config.eval_batch_size, s.driver.num_devices, "eval_batch_size")
     pipeline = make_pipeline(config, split, train=False, image_shape=s.image_shape,
                              batch_size=config.eval_batch_size)
     state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
@@ -431,7 +444,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
         raise TrainingError(f"no checkpoint to evaluate in {ckpt.checkpoint_dir(workdir)}")
     state = restored[0]
     driver = s.driver
-    result = run_eval(driver, driver.put_state(state), pipeline)
+    result = run_eval(driver, driver.put_state(state), pipeline, config.eval_steps)
     result = dict(result, step=int(jax.device_get(state.step)), split=split, model=config.model)
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  "

@@ -49,7 +49,7 @@ try:
 except RuntimeError:  # TF already initialised its devices elsewhere; too late to hide them, and harmless on CPU
     pass
 
-from jaxcnn.data.pipeline import (  # noqa: E402  (after hiding the GPUs)
+from jaxcnn.data.pipeline import (  # after hiding the GPUs
     STATS,
     TFDS_DATASETS,
     DatasetUnavailable,

@@ -9,7 +9,8 @@ uninterrupted one. Ops keep the shape and dtype of their input.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 

@@ -21,7 +21,7 @@ IMAGE_SHAPE = (28, 28, 1)
 CLASS_NAMES = tuple(str(d) for d in range(10))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 28, 28, 1], labels int32 [N]) of `split` ('train' or 'validation'), in stored order."""
     if split not in SPLITS:

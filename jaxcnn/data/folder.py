@@ -49,7 +49,7 @@ def _decodable(paths: list[str]) -> set[str]:
     return {p.decode() for p, _ in ds.ignore_errors().as_numpy_iterator()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scan(directory: pathlib.Path, names: tuple[str, ...]) -> tuple[dict[str, list[str]], tuple[str, ...]]:
     """({class name: decodable file paths sorted}, skipped paths) of directory/<class>/; prints the skips once."""
     files = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -229,7 +230,7 @@ def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray
     return mean, std
 
 
-def _seed_pair(seed: int, epoch: int) -> int:
+def _shuffle_seed(seed: int, epoch: int) -> int:
     """A shuffle seed that depends on both the run's seed and the epoch."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -312,7 +313,7 @@ class Pipeline:
         ds = self.source.examples().enumerate().shard(self.process_count, self.process_index)
         if self.train:
             buffer = max(1, min(self.shuffle_buffer, self.num_local_examples))
-            ds = ds.shuffle(buffer, seed=_seed_pair(self.seed, epoch), reshuffle_each_iteration=False)
+            ds = ds.shuffle(buffer, seed=_shuffle_seed(self.seed, epoch), reshuffle_each_iteration=False)
         ds = ds.take(total).skip(start)
         ds = ds.map(self._example(epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         num_pad = total - max(start, min(self.num_local_examples, total))  # eval only: fill the last batch

@@ -18,8 +18,9 @@ Both end in a global average pool (the paper's 7x7/1 average pool on its 7x7 map
 
 Auxiliary classifiers (`aux_logits=True`; off by default, so the registered count is the inference network's,
 torchvision's 6,624,904): after 4a and 4d, pool -> 1x1 conv 128 -> fc 1024 -> relu -> dropout 0.7 -> fc.
-They run only with `train=True` and sow their logits into the 'aux' collection as 'aux1' and 'aux2'
-(the model's return value stays the main logits); their parameters are created at `init` in either mode.
+They run only with `train=True`, each sowing its logits into the 'aux' collection under its own name
+(`aux/aux1/logits`, `aux/aux2/logits`: every leaf of 'aux' is a logits array, and the model's return value
+stays the main logits); their parameters are created at `init` in either mode.
 Train recipes that follow the paper set `model_kwargs.aux_logits=True` and weight the aux losses by 0.3.
 
 Parameter names mirror torchvision's modules (`conv1/conv`, `conv1/bn`, `inception3a/branch2_1/conv`,
@@ -92,6 +93,9 @@ class Inception(nn.Module):
 class AuxHead(nn.Module):
     """An auxiliary classifier: pool to 4x4 -> 1x1 conv 128 -> fc 1024 -> relu -> dropout -> fc.
 
+    In training it sows its logits into the 'aux' collection as `logits` (a sown name cannot be the name of
+    the head itself, which mirrors torchvision's `aux1`/`aux2`).
+
     `pool` maps the block output to 4x4 (torchvision: adaptive average; paper: average 5x5 / 3). The
     flatten is torch's NCHW order, so torchvision's `fc1` weights map 1:1.
     """
@@ -109,7 +113,11 @@ class AuxHead(nn.Module):
         x = flatten_nchw(x)
         x = nn.relu(nn.Dense(1024, dtype=self.dtype, kernel_init=self.kernel_init, name="fc1")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init, name="fc2")(x)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init, name="fc2")(x)
+        logits = logits.astype(jnp.float32)
+        if train:
+            self.sow("aux", "logits", logits)
+        return logits
 
 
 class GoogLeNet(nn.Module):
@@ -164,10 +172,7 @@ class GoogLeNet(nn.Module):
             else:
                 x = inception(widths[block], name=f"inception{block}")(x)
             if run_aux and block in ("4a", "4d"):
-                name = "aux1" if block == "4a" else "aux2"
-                logits = aux(name=name)(x, train).astype(jnp.float32)
-                if train:
-                    self.sow("aux", name, logits)
+                aux(name="aux1" if block == "4a" else "aux2")(x, train)
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init, name="fc")(x)

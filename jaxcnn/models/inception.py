@@ -16,9 +16,9 @@ The branch pools of A/C/E are torch's `avg_pool2d(3, 1, padding=1)`, which count
 
 The auxiliary classifier (`aux_logits=True`, off by default so the registered count is the inference
 network's: 23,834,568; 27,161,264 with it) sits after Mixed_6e: average pool 5/3 -> 1x1 conv 128 -> 5x5 conv
-768 -> global average -> fc. It runs only with `train=True` and sows its logits into 'aux' as 'aux'; its 5x5
-conv needs a 17x17 Mixed_6e map, i.e. input of at least 299x299 (torch fails there too), so training with it
-at smaller sizes raises a ValueError that says so.
+768 -> global average -> fc. It runs only with `train=True` and sows its logits into 'aux' (as
+`aux/AuxLogits/logits`). Its 5x5 conv needs a 17x17 Mixed_6e map, i.e. input of at least 299x299 (torch fails
+there too), so training with it at smaller sizes raises a ValueError that says so.
 
 Parameter names are torchvision's module names (`Conv2d_1a_3x3/conv`, `Mixed_5b/branch5x5_2/bn`,
 `AuxLogits/conv1/conv`, `fc`).
@@ -152,12 +152,16 @@ class InceptionAux(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool):
         x = avg_pool(x, 5, 3)
         x = self.conv(128, 1, name="conv0")(x)
         x = self.conv(768, 5, kernel_init=_normal(0.01), name="conv1")(x)
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_normal(0.001), name="fc")(x)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_normal(0.001), name="fc")(x)
+        logits = logits.astype(jnp.float32)
+        if train:
+            self.sow("aux", "logits", logits)
+        return logits
 
 
 # The body after the stem, as data: (torchvision's module name, block class, its widths).
@@ -211,9 +215,7 @@ class InceptionV3(nn.Module):
         for name, block, widths in INCEPTION_V3_LAYOUT:
             x = block(conv=conv, name=name, **widths)(x)
             if run_aux and name == AUX_AFTER:
-                logits = InceptionAux(self.num_classes, conv, self.dtype, name="AuxLogits")(x)
-                if train:
-                    self.sow("aux", "aux", logits.astype(jnp.float32))
+                InceptionAux(self.num_classes, conv, self.dtype, name="AuxLogits")(x, train)
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_normal(0.1), name="fc")(x)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
         pca_lighting=0.0,  # AlexNet's PCA noise std (0.1 in the paper)
     ))
     c.normalize = "dataset"  # 'dataset' mean/std, 'imagenet' torchvision mean/std, or 'none' ([0, 1])
+    c.crop_fraction = 0.875  # varying-size photos: shorter side to size / 0.875, centre crop (256 -> 224)
     c.shuffle_buffer = 10_000
 
     c.batch_size = 128  # global
@@ -45,8 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.schedule = "constant"  # constant | piecewise | step | cosine | plateau
     c.warmup_epochs = 0.0
-    c.piecewise_boundaries = []  # epochs, for 'piecewise'
-    c.piecewise_values = []  # learning rates, one more than boundaries
+    c.piecewise_boundaries = ()  # epochs, for 'piecewise' (tuples: --config.piecewise_boundaries='(4, 6)')
+    c.piecewise_values = ()  # learning rates, one more than boundaries
     c.step_decay_epochs = 30  # 'step': multiply by step_decay_factor every step_decay_epochs
     c.step_decay_factor = 0.1
     c.plateau_factor = 0.1
@@ -61,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.log_every_steps = 50
     c.eval_every_steps = -1  # -1: once per epoch
+    c.eval_steps = -1  # -1: the whole eval split; > 0: only its first eval_steps batches (quick checks)
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.init_from = ""  # an orbax checkpoint directory (e.g. from `python -m jaxcnn.convert`)

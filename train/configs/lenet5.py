@@ -19,8 +19,8 @@ def get_config():
     c.momentum = 0.9
     c.learning_rate = 0.02
     c.schedule = "piecewise"
-    c.piecewise_boundaries = [4, 6]  # epochs
-    c.piecewise_values = [0.02, 0.005, 0.001]
+    c.piecewise_boundaries = (4, 6)  # epochs
+    c.piecewise_values = (0.02, 0.005, 0.001)
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     return c
