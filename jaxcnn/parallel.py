@@ -57,6 +57,10 @@ def _batch_size(batch: dict) -> int:
     return int(jax.tree.leaves(batch)[0].shape[0])
 
 
+def _placed(batch: dict, sharding) -> bool:
+    return all(isinstance(x, jax.Array) and x.sharding == sharding for x in jax.tree.leaves(batch))
+
+
 def _host_copy(x):
     """One replica of a replicated array, on the host (works for arrays spanning several processes)."""
     return np.asarray(x.addressable_shards[0].data) if isinstance(x, jax.Array) else np.asarray(x)
@@ -114,8 +118,8 @@ class PmapDriver:
         self._train = pmap(functools.partial(train_step_fn, axis_name=AXIS_NAME), donate_argnums=(0,))
         self._eval = pmap(functools.partial(eval_step_fn, axis_name=AXIS_NAME))
         self._plateau = pmap(update_plateau, in_axes=(0, None), donate_argnums=(0,))
-        mesh = Mesh(np.asarray(self.local_devices), ("replica",))
-        self._stacked = NamedSharding(mesh, P("replica"))
+        # pmap's own output sharding: inputs placed like this do not trigger a second compilation.
+        self._stacked = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS_NAME,)), P(AXIS_NAME))
 
     def put_state(self, state):
         """Replicate a host state onto the local devices (a stacked copy per device)."""
@@ -126,11 +130,17 @@ class PmapDriver:
         return jax.tree.map(_unstack, state)
 
     def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
-        """Host-local batch [B, ...] -> [local devices, B / local devices, ...]."""
+        """Host-local batch [B, ...] -> [local devices, B / local devices, ...] on the devices.
+
+        A batch that is already placed (e.g. prefetched with this method) passes through.
+        """
+        if _placed(batch, self._stacked):
+            return batch
         n = len(self.local_devices)
         size = _batch_size(batch)
         check_divisible(size * (self.num_devices // n), self.num_devices, flag)
-        return jax.tree.map(lambda x: np.asarray(x).reshape(n, size // n, *x.shape[1:]), batch)
+        return jax.tree.map(lambda x: jax.device_put(np.asarray(x).reshape(n, size // n, *x.shape[1:]),
+                                                     self._stacked), batch)
 
     def train_step(self, state, batch: dict):
         state, metrics = self._train(state, self.put_batch(batch))
@@ -174,7 +184,9 @@ class ShardMapDriver:
         return jax.tree.map(_host_copy, state)
 
     def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
-        """This process's part of the batch -> one global array split over the mesh."""
+        """This process's part of the batch -> one global array split over the mesh (placed ones pass)."""
+        if _placed(batch, self._split):
+            return batch
         size = _batch_size(batch) * jax.process_count()
         check_divisible(size, self.num_devices, flag)
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, np.asarray(x)), batch)

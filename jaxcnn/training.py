@@ -43,7 +43,7 @@ from jax import lax
 
 from jaxcnn import optim
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # no float16: it would need loss scaling
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -64,7 +64,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def model_dtype(config) -> Any:
-    """The computation dtype named by `config.dtype` ('float32' | 'bfloat16' | 'float16')."""
+    """The computation dtype named by `config.dtype` ('float32' | 'bfloat16')."""
     if config.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[config.dtype]

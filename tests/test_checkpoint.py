@@ -117,3 +117,50 @@ def test_saved_variables_round_trip(tmp_path):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="not a saved-variables directory"):
         ckpt.load_variables(tmp_path)
+
+
+RESUME = dict(model="resnet18", image_size=32, batch_size=8, eval_batch_size=8, eval_steps=1, learning_rate=0.01,
+              log_every_steps=1, checkpoint_every_steps=1000, eval_every_steps=1000)
+N = 3
+
+
+def resume_config(steps: int):
+    from train.configs import recipe_for
+
+    config = recipe_for(RESUME["model"])
+    for k, v in dict(RESUME, num_train_steps=steps).items():
+        config[k] = v
+    return config
+
+
+def test_resumed_run_is_bit_identical(tmp_path):
+    """2N steps in one go == N steps, then a new process that resumes and runs to 2N (BatchNorm statistics,
+    momentum and the data position included)."""
+    import orbax.checkpoint as ocp
+
+    from train import loop
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    loop.train_and_evaluate(resume_config(2 * N), straight)
+    loop.train_and_evaluate(resume_config(N), split)
+    assert ckpt.list_steps(split) == [N]
+    flags = [f"--config.{k}={v}" for k, v in RESUME.items() if k != "model"]
+    done = subprocess.run([sys.executable, "-m", "train.main", f"--model={RESUME['model']}", f"--workdir={split}",
+                           f"--num_train_steps={2 * N}", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from step {N} (epoch 0, batch {N})" in done.stderr
+
+    def final(workdir):
+        return ckpt._read_item(ckpt.checkpoint_dir(workdir) / str(2 * N), state=ocp.args.StandardRestore()).state
+
+    a, b = final(straight), final(split)
+    assert a["batch_stats"] and a["opt_state"]  # the BN statistics and the momentum are compared too
+    flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    # The train losses logged after the resume are the uninterrupted run's, step for step.
+    losses = [{r["step"]: r["loss"] for r in map(json.loads, (w / "metrics.jsonl").read_text().splitlines())
+               if r["split"] == "train"} for w in (straight, split)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2 * N

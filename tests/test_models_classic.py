@@ -109,21 +109,24 @@ def test_forward_backward_at_smallest_input(name):
     batch = 2
     model = get_model(name, num_classes=10)
     x = smallest_input(name, batch)
-    variables = jax.jit(model.init)({"params": KEY, "dropout": KEY}, x)
 
-    @jax.jit
-    def loss_and_grads(params):
+    @jax.jit  # one compilation: init, loss, gradients and their norms
+    def run():
+        variables = model.init({"params": KEY, "dropout": KEY}, x)
+
         def loss(params):
             logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                     rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
             return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0]), logits
-        return jax.value_and_grad(loss, has_aux=True)(params)
 
-    (value, logits), grads = loss_and_grads(variables["params"])
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        return value, logits, jax.tree_util.tree_map(jnp.linalg.norm, grads)
+
+    value, logits, norms = run()
     assert logits.shape == (batch, 10) and logits.dtype == jnp.float32
     assert np.isfinite(value)
-    norms = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda g: float(jnp.linalg.norm(g)), grads))
-    assert all(np.isfinite(norms)) and all(n > 0 for n in norms)
+    norms = np.array(jax.tree_util.tree_leaves(norms))
+    assert np.all(np.isfinite(norms)) and np.all(norms > 0)
 
 
 @pytest.mark.parametrize("name", CLASSIC)
@@ -160,14 +163,18 @@ def test_fixed_size_models_refuse_other_sizes(name):
 def test_dropout_depends_on_key_only(name):
     model = get_model(name, num_classes=10)
     x = smallest_input(name, 2)
-    variables = jax.jit(model.init)(KEY, x)
-    run = jax.jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key}))
-    a, b, c = run(jax.random.key(3)), run(jax.random.key(3)), run(jax.random.key(4))
+
+    @jax.jit
+    def run():
+        variables = model.init(KEY, x)
+        train = [model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(k)}) for k in (3, 3, 4)]
+        evals = [model.apply(variables, x, rngs={"dropout": jax.random.key(k)}) for k in (3, 4)]
+        return train, evals
+
+    (a, b, c), (e1, e2) = run()
     np.testing.assert_array_equal(a, b)
     assert float(jnp.max(jnp.abs(a - c))) > 1e-6
-    # eval is deterministic and needs no key
-    e1, e2 = model.apply(variables, x), model.apply(variables, x)
-    np.testing.assert_array_equal(e1, e2)
+    np.testing.assert_array_equal(e1, e2)  # eval ignores dropout keys
 
 
 def first_bn_input(name: str, params, x):
@@ -186,13 +193,17 @@ def test_batchnorm_stats_update_in_train_only(name, first_bn, momentum, eps):
     Keras-born alexnet_bn, torch's 0.1 == flax 0.9 for VGG); eval mode leaves them alone."""
     model = get_model(name, num_classes=10)
     x = smallest_input(name, 2)
-    variables = jax.jit(model.init)(KEY, x)
-    _, updated = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"dropout": KEY},
-                                               mutable=["batch_stats"]))(variables)
-    _, unchanged = model.apply(variables, x, train=False, mutable=["batch_stats"])
-    jax.tree_util.tree_map(np.testing.assert_array_equal, unchanged["batch_stats"], variables["batch_stats"])
 
-    y = first_bn_input(name, variables["params"], x)  # initial stats: mean 0, var 1
+    @jax.jit
+    def run():
+        variables = model.init(KEY, x)
+        _, updated = model.apply(variables, x, train=True, rngs={"dropout": KEY}, mutable=["batch_stats"])
+        _, unchanged = model.apply(variables, x, train=False, mutable=["batch_stats"])
+        return variables, updated, unchanged, first_bn_input(name, variables["params"], x)
+
+    variables, updated, unchanged, y = run()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, unchanged["batch_stats"], variables["batch_stats"])
+    # initial stats: mean 0, var 1
     stats = updated["batch_stats"][first_bn]
     np.testing.assert_allclose(stats["mean"], (1 - momentum) * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats["var"], momentum + (1 - momentum) * y.var(axis=(0, 1, 2)), rtol=1e-4)
@@ -210,9 +221,10 @@ def test_c3_connects_only_table_i():
     layer = SparseConv(C3_TABLE)
     variables = layer.init(KEY, jnp.zeros((1, 9, 9, 6)))
     assert count(variables["params"]) == 1_516
+    apply = jax.jit(layer.apply)
     for i in range(6):
         x = jnp.zeros((1, 9, 9, 6)).at[..., i].set(jax.random.normal(jax.random.key(i), (1, 9, 9)))
-        response = layer.apply(variables, x) - layer.apply(variables, jnp.zeros_like(x))
+        response = apply(variables, x) - apply(variables, jnp.zeros_like(x))
         touched = {j for j in range(16) if float(jnp.abs(response[..., j]).max()) > 0}
         assert touched == {j for j, ins in enumerate(C3_TABLE) if i in ins}
     assert [len(ins) for ins in C3_TABLE] == [3] * 6 + [4] * 9 + [6]
@@ -230,8 +242,8 @@ def test_subsampling_is_window_sum_times_coefficient_plus_bias():
 def test_lenet5_1998_logits_are_negative_rbf_distances():
     model = get_model("lenet5_1998")
     x = jax.random.normal(KEY, (3, 32, 32, 1))
-    variables = model.init(KEY, x)
-    logits, state = model.apply(variables, x, capture_intermediates=True)
+    variables = jax.jit(model.init)(KEY, x)
+    logits, state = jax.jit(lambda v: model.apply(v, x, capture_intermediates=True))(variables)
     f6 = scaled_tanh(state["intermediates"]["f6"]["__call__"][0])
     centers = rbf_centers()
     expected = -((np.asarray(f6)[:, None, :] - centers[None]) ** 2).sum(-1)

@@ -1,6 +1,7 @@
 """One device against eight: pmap, shard_map and a single device must train the same BatchNorm model alike."""
 
 import functools
+import logging
 
 import flax.linen as nn
 import jax
@@ -53,14 +54,38 @@ def _state(model, config):
                                        variables=_variables())
 
 
-def _run(kind, axis_name_in_model, train_fn=None):
-    """One train step of driver `kind` from the same initial state; returns (host state, host metrics)."""
+class CompileLog(logging.Handler):
+    """Collects the 'Compiling ...' messages jax logs under `jax.log_compiles()`."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.compiled = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("Compiling"):
+            self.compiled.append(record.getMessage()[:80])
+
+
+def _run(kind, axis_name_in_model, train_fn=None, steps=2):
+    """`steps` train steps of driver `kind` from the same initial state.
+
+    Returns (host state, host metrics of the last step, what was compiled after the first step).
+    """
     config = _config()
     default_train, eval_fn = training.step_functions(config, NUM_CLASSES)
     driver = parallel.make_driver(kind, train_fn or default_train, eval_fn)
-    state = _state(TinyBNNet(axis_name=driver.axis_name if axis_name_in_model else None), config)
-    state, metrics = driver.train_step(driver.put_state(state), _batch())
-    return driver.get_state(state), jax.device_get(metrics)
+    state = driver.put_state(_state(TinyBNNet(axis_name=driver.axis_name if axis_name_in_model else None), config))
+    state, metrics = driver.train_step(state, _batch(seed=0))
+    log, logger = CompileLog(), logging.getLogger("jax")
+    logger.addHandler(log)
+    try:
+        with jax.log_compiles():
+            for step in range(1, steps):
+                state, metrics = driver.train_step(state, _batch(seed=step))
+                jax.block_until_ready(state)
+    finally:
+        logger.removeHandler(log)
+    return driver.get_state(state), jax.device_get(metrics), log.compiled
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +100,21 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
 def test_data_parallel_step_equals_single_device(kind, reference):
-    ref_state, ref_metrics = reference
-    state, metrics = _run(kind, axis_name_in_model=True)
+    ref_state, ref_metrics, _ = reference
+    state, metrics, compiled = _run(kind, axis_name_in_model=True)
+    assert compiled == []  # the state a step returns is placed like the one it took: no second compilation
     assert _max_diff(state.params, ref_state.params) <= 1e-5
     assert _max_diff(state.batch_stats, ref_state.batch_stats) <= 1e-5
     # The step moved things at all, so agreeing means something.
     assert _max_diff(state.params, _variables()["params"]) > 1e-2
     for name in ("loss", "top1", "grad_norm"):
         np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=1e-5, atol=1e-6)
-    assert int(state.step) == 1
+    assert int(state.step) == 2
 
 
 def test_without_the_named_axis_devices_diverge(reference):
     """Control: per-device BatchNorm statistics and no gradient averaging give a visibly different model."""
-    ref_state, _ = reference
+    ref_state, _, _ = reference
     config = _config()
     local_only = functools.partial(training.train_step, num_classes=NUM_CLASSES)
 
@@ -96,7 +122,7 @@ def test_without_the_named_axis_devices_diverge(reference):
         del axis_name  # the control ignores the device axis
         return local_only(state, batch)
 
-    state, _ = _run("pmap", axis_name_in_model=False, train_fn=train_fn)
+    state, _, _ = _run("pmap", axis_name_in_model=False, train_fn=train_fn)
     assert config.optimizer == "sgd"
     assert _max_diff(state.params, ref_state.params) > 1e-3
     assert _max_diff(state.batch_stats, ref_state.batch_stats) > 1e-3
