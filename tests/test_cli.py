@@ -39,7 +39,7 @@ def lenet_run(tmp_path_factory):
     """A short lenet5 run on the embedded MNIST subset, then --mode=eval on its checkpoint."""
     workdir = tmp_path_factory.mktemp("lenet5")
     train = run_cli("--model=lenet5", f"--workdir={workdir}", f"--num_train_steps={LENET_STEPS}", "--batch_size=32",
-                    "--log_every_steps=10", "--checkpoint_every_steps=40", "--learning_rate=0.02")
+                    "--log_every_steps=10", "--checkpoint_every_steps=40")
     assert train.returncode == 0, train.stderr
     evaluation = run_cli("--model=lenet5", f"--workdir={workdir}", "--mode=eval", "--split=validation")
     assert evaluation.returncode == 0, evaluation.stderr

@@ -144,8 +144,13 @@ class TorchPlainNet(torch.nn.Module):
 
 def torch_twin(name: str, num_classes: int):
     nn = torch.nn
-    lrn = lambda: nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)  # noqa: E731  torch divides alpha by n
-    pool = lambda ceil=False: nn.MaxPool2d(3, 2, ceil_mode=ceil)  # noqa: E731
+
+    def lrn():  # torch divides alpha by n: 5 * 1e-4 is the paper's 1e-4 on the plain sum
+        return nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+
+    def pool(ceil=False):
+        return nn.MaxPool2d(3, 2, ceil_mode=ceil)
+
     classifier = [nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
                   nn.Linear(4096, num_classes)]
     if name == "alexnet_2012":

@@ -31,7 +31,7 @@ def dense(cin: int, cout: int) -> int:
 
 def variable_shapes(name: str, side: int | None = None, batch: int = 1, **kw):
     model = get_model(name, **kw)
-    h, w, c = get_spec(name).input_shape
+    h, _, c = get_spec(name).input_shape
     side = side or h
     x = jnp.zeros((batch, side, side, c))
     return model, jax.eval_shape(lambda: model.init({"params": KEY, "dropout": KEY}, x))

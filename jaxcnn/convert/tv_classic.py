@@ -15,7 +15,8 @@ The first dense layer needs no permutation because these models flatten in torch
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def sequential_to_flax(state_dict: Mapping[str, Any]) -> dict:
 def _num_classes(state_dict: Mapping[str, Any]) -> int | None:
     """Output count of the last linear layer (a fine-tuned head keeps its own class count)."""
     linear = [t for k, t in state_dict.items() if k.endswith("weight") and len(tuple(t.shape)) == 2]
-    return int(tuple(linear[-1].shape)[0]) if linear else None
+    return int(linear[-1].shape[0]) if linear else None
 
 
 def convert_checked(model_name: str, state_dict: Mapping[str, Any]) -> dict:

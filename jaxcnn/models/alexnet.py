@@ -19,13 +19,21 @@ Models here:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import (adaptive_avg_pool, batch_norm, flatten_nchw, global_avg_pool, local_response_norm,
-                           max_pool, torch_padding)
+from jaxcnn.layers import (
+    adaptive_avg_pool,
+    batch_norm,
+    flatten_nchw,
+    global_avg_pool,
+    local_response_norm,
+    max_pool,
+    torch_padding,
+)
 from jaxcnn.models.common import check_input
 from jaxcnn.models.registry import register
 
@@ -126,7 +134,9 @@ class PlainCNN(nn.Module):
         return x
 
     def _layer(self, layer: Any, name: str, x, train: bool):
-        width = lambda features: self.num_classes if features is None else features  # noqa: E731
+        def width(features):
+            return self.num_classes if features is None else features
+
         match layer:
             case Conv():
                 return nn.Conv(width(layer.features), (layer.kernel, layer.kernel), (layer.stride, layer.stride),
@@ -219,7 +229,7 @@ class ZFNet(PlainCNN):
     fixed_size: ClassVar[bool] = True
 
 
-IMAGENET = dict(num_classes=1000, family="alexnet")
+IMAGENET = {"num_classes": 1000, "family": "alexnet"}
 
 
 @register("alexnet_2012", input_shape=(227, 227, 3), min_size=227, fixed_size=True, year=2012,

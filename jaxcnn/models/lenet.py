@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -60,7 +61,7 @@ class LeNet5(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
 
 
-MNIST_FACTS = dict(input_shape=(28, 28, 1), min_size=28, num_classes=10, fixed_size=True, family="lenet")
+MNIST_FACTS = {"input_shape": (28, 28, 1), "min_size": 28, "num_classes": 10, "fixed_size": True, "family": "lenet"}
 
 
 @register("mlp", paper="Multilayer perceptron baseline (the seeds' Keras MLP)", year=1986, params=669_706,
