@@ -85,7 +85,11 @@ def test_parameter_counts(name, kw, hw, expected):
 
 def test_train_and_eval_init_give_the_same_variables():
     model = get_model("googlenet", aux_logits=True)
-    shapes = lambda train: jax.tree_util.tree_map(lambda s: s.shape, init_shapes(model, (64, 64), train))  # noqa: E731
+
+    def shapes(train):
+        variables = init_shapes(model, (64, 64), train)
+        return {c: jax.tree_util.tree_map(lambda s: s.shape, variables[c]) for c in ("params", "batch_stats")}
+
     assert shapes(True) == shapes(False)
 
 
@@ -140,12 +144,11 @@ def test_torchvision_googlenet_has_3x3_in_its_5x5_branch():
 
 def block_shapes(model, hw, names):
     capture = lambda mdl, method: method == "__call__" and mdl.name in names  # noqa: E731
-    variables = init_shapes(model, hw)
 
-    def run():
+    def run(variables):
         return model.apply(variables, jnp.zeros((1, *hw, 3)), capture_intermediates=capture)[1]
 
-    inter = jax.eval_shape(run)["intermediates"]
+    inter = jax.eval_shape(run, init_shapes(model, hw))["intermediates"]
     return {name: inter[name]["__call__"][0].shape[1:] for name in names}
 
 
@@ -199,15 +202,35 @@ SMALLEST = [("googlenet", (31, 31), {"aux_logits": True}),
             ("googlenet_2014", (224, 224), {"aux_logits": True}),
             ("inception_v3", (75, 75), {})]
 
+# These graphs run once on tiny inputs: XLA's cheapest optimisation level halves their compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def random_variables(model, hw, seed=0):
+    """He-normal kernels, zero biases, identity BatchNorm, made in numpy from the init shapes.
+
+    Compiling `model.init` costs more than the train step itself (one RNG program per parameter), and the
+    values of torch-style initialisers are not what these tests check.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            return (rng.standard_normal(s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1]))).astype(s.dtype)
+        return (np.ones if name in ("scale", "var") else np.zeros)(s.shape, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, init_shapes(model, hw))
+
 
 @functools.cache
 def compiled(name, hw, kw_items):
-    """Init variables, a jitted train step (logits, new state, grads) and a jitted eval forward."""
+    """Variables, an input batch, a jitted train step (logits, new state, grads) and a jitted eval forward."""
     model = get_model(name, num_classes=10, **dict(kw_items))
-    x = jax.random.normal(jax.random.key(2), (2, *hw, 3))
-    variables = jax.jit(functools.partial(model.init, train=False))(KEYS, x)
+    variables = random_variables(model, hw)
+    x = np.random.default_rng(1).standard_normal((2, *hw, 3)).astype(np.float32)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def train_step(variables, x, key):
         def loss(params):
             logits, state = model.apply({**variables, "params": params}, x, train=True,
@@ -218,7 +241,8 @@ def compiled(name, hw, kw_items):
         (_, (logits, state)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
         return logits, state, grads
 
-    evaluate = jax.jit(lambda v, x: model.apply(v, x, mutable=["batch_stats", "aux"]))
+    evaluate = jax.jit(lambda v, x: model.apply(v, x, mutable=["batch_stats", "aux"]),
+                       compiler_options=FAST_COMPILE)
     return variables, x, train_step, evaluate
 
 
@@ -249,9 +273,8 @@ def test_train_step_at_smallest_input(name, hw, kw):
         assert "batch_stats" not in variables
 
 
-@pytest.mark.parametrize("name,hw,kw", SMALLEST[:2], ids=[s[0] for s in SMALLEST[:2]])
-def test_eval_has_no_aux_and_keeps_batch_stats(name, hw, kw):
-    variables, x, train_step, evaluate = compiled(name, hw, tuple(kw.items()))
+def test_eval_has_no_aux_and_keeps_batch_stats():
+    variables, x, train_step, evaluate = compiled("googlenet", (31, 31), (("aux_logits", True),))
     logits, state = evaluate(variables, x)
     assert np.all(np.isfinite(logits))
     assert "aux" not in state or not jax.tree_util.tree_leaves(state["aux"])
