@@ -4,13 +4,13 @@ one clear line; one model of every family trains a couple of steps through `trai
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_checkpoint import compilation_cache  # noqa: F401  (autouse: one XLA cache for the runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET_STEPS = 80

@@ -28,8 +28,12 @@ def flax_logits(name: str, variables, x_nhwc: np.ndarray, num_classes: int, **kw
 
 # --- torchvision -------------------------------------------------------------------------------------------
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+try:  # CI installs the torch extra; the Keras tests below run without it
+    import torch
+    import torchvision
+except ImportError:
+    torch = torchvision = None
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch + torchvision: pip install -e '.[torch]'")
 
 
 def randomize_batchnorm(model, seed: int = 0) -> None:
@@ -58,8 +62,9 @@ def torchvision_model(name: str, **kw):
     return model
 
 
+@needs_torch
 @pytest.mark.parametrize("name, hw", [("alexnet", (127, 143)), ("vgg11", (64, 80)), ("vgg11_bn", (64, 80)),
-                                      ("vgg16", (64, 80)), ("vgg19_bn", (32, 48))])
+                                      ("vgg16", (64, 80))])
 def test_torchvision_eval_logits_match(name, hw):
     model = torchvision_model(name).eval()
     x, x_nhwc = torch_batch((2, 3, *hw))
@@ -69,6 +74,7 @@ def test_torchvision_eval_logits_match(name, hw):
     assert rel_err(flax_logits(name, variables, x_nhwc, ref.shape[-1]), ref) <= TOL
 
 
+@needs_torch
 def test_vgg11_bn_train_mode_logits_and_running_stats_match():
     """Train mode (dropout off on both sides): logits from batch statistics, and the updated running stats.
 
@@ -100,6 +106,7 @@ def test_vgg11_bn_train_mode_logits_and_running_stats_match():
         assert rel_err(updated["batch_stats"][layer]["var"], expected_var) <= TOL, layer
 
 
+@needs_torch
 def test_converter_refuses_a_state_dict_of_another_model():
     vgg11 = torchvision_model("vgg11").state_dict()
     # vgg16 has a second 64-channel conv at features.2 where vgg11 already pools
@@ -114,6 +121,7 @@ def test_converter_refuses_a_state_dict_of_another_model():
             torchvision_to_flax(name, alexnet)
 
 
+@needs_torch
 def test_converter_keeps_a_fine_tuned_class_count():
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None, num_classes=7).eval()
@@ -129,21 +137,22 @@ def test_converter_keeps_a_fine_tuned_class_count():
 # this checks our grouped convs, the paper's LRN, Caffe ceil-mode pooling and the NiN head against torch.
 
 
-class TorchPlainNet(torch.nn.Module):
-    def __init__(self, features, classifier=(), gap=False):
-        super().__init__()
-        self.features = torch.nn.Sequential(*features)
-        self.classifier = torch.nn.Sequential(*classifier)
-        self.gap = gap
-
-    def forward(self, x):
-        x = self.features(x)
-        x = x.mean(dim=(2, 3)) if self.gap else torch.flatten(x, 1)
-        return self.classifier(x)
-
-
 def torch_twin(name: str, num_classes: int):
+    """The paper model `name` in torch, with our nn.Sequential indices."""
     nn = torch.nn
+
+    class TorchPlainNet(nn.Module):
+        def __init__(self, features, classifier=(), gap=False):
+            super().__init__()
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(*classifier)
+            self.gap = gap
+
+        def forward(self, x):
+            x = self.features(x)
+            x = x.mean(dim=(2, 3)) if self.gap else torch.flatten(x, 1)
+            return self.classifier(x)
+
 
     def lrn():  # torch divides alpha by n: 5 * 1e-4 is the paper's 1e-4 on the plain sum
         return nn.LocalResponseNorm(5, alpha=5 * 1e-4, beta=0.75, k=2.0)
@@ -177,6 +186,7 @@ def torch_twin(name: str, num_classes: int):
     return TorchPlainNet(features, gap=True)
 
 
+@needs_torch
 @pytest.mark.parametrize("name, hw, num_classes", [("alexnet_2012", (227, 227), 10), ("zfnet", (224, 224), 10),
                                                    ("nin", (100, 121), 1000)])
 def test_paper_models_match_a_torch_rebuild(name, hw, num_classes):
@@ -195,7 +205,6 @@ def test_paper_models_match_a_torch_rebuild(name, hw, num_classes):
 @pytest.fixture(scope="module")
 def keras_models():
     """Keras models built once per module (keras_reference), keyed by our model name."""
-    pytest.importorskip("keras")
     from jaxcnn.convert.keras import keras_reference
 
     built = {}

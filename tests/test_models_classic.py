@@ -29,11 +29,10 @@ def dense(cin: int, cout: int) -> int:
     return cin * cout + cout
 
 
-def variable_shapes(name: str, side: int | None = None, batch: int = 1, **kw):
+def variable_shapes(name: str, **kw):
+    """The model and its variables' shapes at the default input (jax.eval_shape: no FLOPs)."""
     model = get_model(name, **kw)
-    h, _, c = get_spec(name).input_shape
-    side = side or h
-    x = jnp.zeros((batch, side, side, c))
+    x = jnp.zeros((1, *get_spec(name).input_shape))
     return model, jax.eval_shape(lambda: model.init({"params": KEY, "dropout": KEY}, x))
 
 
@@ -99,8 +98,9 @@ def test_num_classes_changes_only_the_output_layer():
 
 def random_variables(model, x, seed: int = 0):
     """Variables for `model` on input `x`, drawn with numpy: LeCun-uniform kernels, small biases, unit scales
-    and variances. Much cheaper than compiling and running `model.init` for the 100M-parameter classifiers
-    (model.init itself is exercised on the small models below)."""
+    and variances. On CPU, compiling `model.init`'s random number generation costs seconds even for the MLP,
+    and running it tens of millions of draws more; numpy does it in a fraction. (`model.init` itself is
+    traced by every `jax.eval_shape` count above.)"""
     shapes = jax.eval_shape(lambda: model.init({"params": KEY, "dropout": KEY}, x))
     rng = np.random.default_rng(seed)
 
@@ -116,9 +116,10 @@ def random_variables(model, x, seed: int = 0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def smallest_input(name: str, batch: int) -> jnp.ndarray:
+def smallest_input(name: str, batch: int) -> np.ndarray:
     spec = get_spec(name)
-    return jax.random.normal(jax.random.key(1), (batch, spec.min_size, spec.min_size, spec.input_shape[2]))
+    shape = (batch, spec.min_size, spec.min_size, spec.input_shape[2])
+    return np.random.default_rng(1).standard_normal(shape, np.float32)
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5", "lenet5_1998", "alexnet", "alexnet_2012", "alexnet_bn",
@@ -130,13 +131,9 @@ def test_forward_backward_at_smallest_input(name):
     batch = 2
     model = get_model(name, num_classes=10)
     x = smallest_input(name, batch)
-    small = name in ("mlp", "lenet5", "lenet5_1998")
 
-    @jax.jit  # one compilation: (init,) loss, gradients and their norms
+    @jax.jit  # one compilation: loss, gradients and their norms
     def run(variables):
-        if small:
-            variables = model.init({"params": KEY, "dropout": KEY}, x)
-
         def loss(params):
             logits, _ = model.apply({**variables, "params": params}, x, train=True,
                                     rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
@@ -145,7 +142,7 @@ def test_forward_backward_at_smallest_input(name):
         (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
         return value, logits, jax.tree_util.tree_map(jnp.linalg.norm, grads)
 
-    value, logits, norms = run(None if small else random_variables(model, x))
+    value, logits, norms = run(random_variables(model, x))
     assert logits.shape == (batch, 10) and logits.dtype == jnp.float32
     assert np.isfinite(value)
     norms = np.array(jax.tree_util.tree_leaves(norms))
@@ -170,7 +167,7 @@ def test_min_size_is_tight(name, monkeypatch):
     jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, spec.min_size, spec.min_size + 17, 3))))
     monkeypatch.setattr(type(model), "min_size", 1)
     small = jnp.zeros((1, spec.min_size - 1, spec.min_size - 1, 3))
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(ValueError, match="pooling window"):
         jax.eval_shape(lambda: model.init(KEY, small))
 
 
@@ -182,7 +179,7 @@ def test_fixed_size_models_refuse_other_sizes(name):
         jax.eval_shape(lambda: get_model(name).init(KEY, x))
 
 
-@pytest.mark.parametrize("name", ["alexnet", "nin", "vgg11"])
+@pytest.mark.parametrize("name", ["alexnet", "nin"])  # dropout in the classifier / in the features
 def test_dropout_depends_on_key_only(name):
     model = get_model(name, num_classes=10)
     x = smallest_input(name, 2)
@@ -243,12 +240,14 @@ def test_batchnorm_stats_update_in_train_only(name, first_bn, momentum, eps):
 def test_c3_connects_only_table_i():
     """Output map j of C3 responds to input map i exactly when i is in the paper's Table I column j."""
     layer = SparseConv(C3_TABLE)
-    variables = layer.init(KEY, jnp.zeros((1, 9, 9, 6)))
+    variables = random_variables(layer, np.zeros((1, 9, 9, 6), np.float32))
     assert count(variables["params"]) == 1_516
     apply = jax.jit(layer.apply)
+    rng = np.random.default_rng(0)
     for i in range(6):
-        x = jnp.zeros((1, 9, 9, 6)).at[..., i].set(jax.random.normal(jax.random.key(i), (1, 9, 9)))
-        response = apply(variables, x) - apply(variables, jnp.zeros_like(x))
+        x = np.zeros((1, 9, 9, 6), np.float32)
+        x[..., i] = rng.standard_normal((1, 9, 9))
+        response = apply(variables, x) - apply(variables, np.zeros_like(x))
         touched = {j for j in range(16) if float(jnp.abs(response[..., j]).max()) > 0}
         assert touched == {j for j, ins in enumerate(C3_TABLE) if i in ins}
     assert [len(ins) for ins in C3_TABLE] == [3] * 6 + [4] * 9 + [6]
@@ -265,8 +264,8 @@ def test_subsampling_is_window_sum_times_coefficient_plus_bias():
 
 def test_lenet5_1998_logits_are_negative_rbf_distances():
     model = get_model("lenet5_1998")
-    x = jax.random.normal(KEY, (3, 32, 32, 1))
-    variables = jax.jit(model.init)(KEY, x)
+    x = np.random.default_rng(0).standard_normal((3, 32, 32, 1), np.float32)
+    variables = random_variables(model, x)
     logits, state = jax.jit(lambda v: model.apply(v, x, capture_intermediates=True))(variables)
     f6 = scaled_tanh(state["intermediates"]["f6"]["__call__"][0])
     centers = rbf_centers()
@@ -280,4 +279,4 @@ def test_lenet5_1998_logits_are_negative_rbf_distances():
 
 def test_lenet5_1998_refuses_other_class_counts():
     with pytest.raises(ValueError, match="num_classes must be 10"):
-        get_model("lenet5_1998", num_classes=12).init(KEY, jnp.zeros((1, 32, 32, 1)))
+        jax.eval_shape(lambda: get_model("lenet5_1998", num_classes=12).init(KEY, jnp.zeros((1, 32, 32, 1))))

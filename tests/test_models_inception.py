@@ -202,8 +202,9 @@ SMALLEST = [("googlenet", (31, 31), {"aux_logits": True}),
             ("googlenet_2014", (224, 224), {"aux_logits": True}),
             ("inception_v3", (75, 75), {})]
 
-# These graphs run once on tiny inputs: XLA's cheapest optimisation level halves their compile time.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# These graphs run once on tiny inputs, so compile time is what counts: XLA:CPU's older (non-MLIR) fusion
+# emitters compile these train steps about 4x faster (7 s instead of 28 s for GoogLeNet).
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 
 def random_variables(model, hw, seed=0):
@@ -255,7 +256,7 @@ def test_train_step_at_smallest_input(name, hw, kw):
     leaves = jax.tree_util.tree_leaves(grads)
     assert len(leaves) == len(jax.tree_util.tree_leaves(variables["params"]))
     assert all(np.all(np.isfinite(g)) for g in leaves)
-    assert sum(float(jnp.sum(jnp.abs(g))) > 0 for g in leaves) >= 0.9 * len(leaves)  # gradients reach the net
+    assert sum(np.abs(np.asarray(g)).sum() > 0 for g in leaves) >= 0.9 * len(leaves)  # gradients reach the net
 
     # Aux logits are sown in training, one (2, 10) array per head.
     aux = {"googlenet": ["aux1", "aux2"], "googlenet_2014": ["aux1", "aux2"], "inception_v3": []}[name]
@@ -266,7 +267,7 @@ def test_train_step_at_smallest_input(name, hw, kw):
 
     # BatchNorm statistics move in training (googlenet_2014 has none).
     if name != "googlenet_2014":
-        changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state["batch_stats"],
+        changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != b)), state["batch_stats"],
                                          variables["batch_stats"])
         assert all(jax.tree_util.tree_leaves(changed))
     else:

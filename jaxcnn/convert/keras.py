@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.convert.common import ShapeMismatch, check_shapes, expected_variables, to_numpy
+from jaxcnn.convert.common import ShapeMismatch, check_shapes, to_numpy
+from jaxcnn.convert.tv_classic import expected_in_forward_order
 
 # Keras weight name -> (flax collection, flax leaf)
 _LEAVES = {
@@ -102,29 +103,6 @@ def _weighted_layers(kmodel) -> list:
     return out
 
 
-def forward_order(model, input_shape) -> list[str]:
-    """Names of the model's direct submodules in the order the forward pass calls them.
-
-    (The variable dicts cannot tell: jax sorts dict keys, so 'classifier_0' would come before 'features_0'.)
-    Traced abstractly with jax.eval_shape, so it costs no FLOPs.
-    """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    order: list[str] = []
-
-    def record(call, args, kwargs, context):
-        path = context.module.path
-        if context.method_name == "__call__" and len(path) == 1 and path[0] not in order:
-            order.append(path[0])
-        return call(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32)))
-    return order
-
-
 def _nchw_rows(kernel: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
     """Reorder a dense kernel's rows from Keras' NHWC flatten order to torch's NCHW order."""
     h, w, c = hwc
@@ -144,8 +122,8 @@ def keras_to_flax(model_name: str, keras_model_or_weights_file: Any) -> dict:
     num_classes = int(to_numpy(klayers[-1].weights[-1]).shape[-1])
     spec = get_spec(model_name)
     model = get_model(model_name, num_classes=num_classes)
-    expected = expected_variables(model, spec.input_shape)
-    modules = [m for m in forward_order(model, spec.input_shape) if m in expected["params"]]
+    expected = expected_in_forward_order(model, spec.input_shape)
+    modules = list(expected["params"])
     if len(modules) != len(klayers):
         raise ShapeMismatch(f"{model_name}: the Keras model has {len(klayers)} layers with weights "
                             f"({', '.join(layer.name for layer in klayers)}), ours {len(modules)}")

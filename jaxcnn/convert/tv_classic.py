@@ -18,6 +18,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.convert import TORCHVISION_CONVERTERS
@@ -31,7 +34,8 @@ def _group_by_module(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.nd
     modules: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for key, tensor in state_dict.items():
         module, _, leaf = key.rpartition(".")
-        modules[module.replace(".", "_")][leaf] = to_numpy(tensor).astype(np.float32, copy=False)
+        # a copy: torch's .numpy() shares memory, and the module's buffers keep changing in train mode
+        modules[module.replace(".", "_")][leaf] = np.array(to_numpy(tensor), np.float32)
     return modules
 
 
@@ -60,6 +64,33 @@ def _num_classes(state_dict: Mapping[str, Any]) -> int | None:
     return int(linear[-1].shape[0]) if linear else None
 
 
+def forward_order(model, input_shape) -> list[str]:
+    """Names of the model's direct submodules in the order the forward pass calls them.
+
+    (The variable dicts cannot tell: jax sorts dict keys, so 'classifier_0' would come before 'features_0'.)
+    Traced abstractly with jax.eval_shape, so it costs no FLOPs.
+    """
+    order: list[str] = []
+
+    def record(call, args, kwargs, context):
+        path = context.module.path
+        if context.method_name == "__call__" and len(path) == 1 and path[0] not in order:
+            order.append(path[0])
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32)))
+    return order
+
+
+def expected_in_forward_order(model, input_shape) -> dict:
+    """`expected_variables`, each collection's modules in forward order, so that `check_shapes` reports the
+    first offending layer of the network (not 'features_10' before 'features_2')."""
+    expected = expected_variables(model, input_shape)
+    order = forward_order(model, input_shape)
+    return {col: {m: tree[m] for m in order if m in tree} | tree for col, tree in expected.items()}
+
+
 def convert_checked(model_name: str, state_dict: Mapping[str, Any]) -> dict:
     """Convert, then check every tensor against the variables our `model_name` expects (ShapeMismatch names
     the first layer that differs, with both shapes)."""
@@ -68,7 +99,7 @@ def convert_checked(model_name: str, state_dict: Mapping[str, Any]) -> dict:
     spec = get_spec(model_name)
     variables = sequential_to_flax(state_dict)
     model = get_model(model_name, num_classes=_num_classes(state_dict) or spec.num_classes)
-    check_shapes(variables, expected_variables(model, spec.input_shape))
+    check_shapes(variables, expected_in_forward_order(model, spec.input_shape))
     return variables
 
 

@@ -68,5 +68,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # an orbax checkpoint directory (e.g. from `python -m jaxcnn.convert`)
     c.freeze_backbone = False  # with init_from: train only the classifier head
     c.reinit_head = False  # with init_from: a fresh classifier head when the class counts differ
-    c.debug_nan_step = -1  # test hook: feed NaN images at this step (exercises the non-finite handling)
+    c.debug_nan_step = -1  # test hook: NaN images at this step (a NaN loss where activations keep NaN)
     return c
