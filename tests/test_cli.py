@@ -124,6 +124,7 @@ def test_every_family_trains_a_few_steps(model, tmp_path):
     config.dataset, config.normalize = "embedded_mnist", "dataset"  # offline; grey digits tiled to RGB
     config.image_size = spec.min_size if spec.fixed_size else max(spec.min_size, 32)
     config.batch_size = config.eval_batch_size = 8
+    config.parallel = "single"  # one copy of the big dense heads, not eight
     config.num_train_steps, config.eval_steps, config.log_every_steps = 2, 1, 1
     config.augment.random_resized_crop = False
     config.learning_rate, config.schedule, config.warmup_epochs = 1e-3, "constant", 0.0

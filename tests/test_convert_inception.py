@@ -18,14 +18,16 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from jaxcnn.convert import ShapeMismatch, torchvision_to_flax  # noqa: E402
-from jaxcnn.convert.tv_inception import _module_path, has_aux  # noqa: E402
-from jaxcnn.models import get_model  # noqa: E402
-from jaxcnn.models.googlenet import Inception  # noqa: E402
+from jaxcnn.convert import ShapeMismatch, torchvision_to_flax
+from jaxcnn.convert.tv_inception import _module_path, has_aux
+from jaxcnn.models import get_model
+from jaxcnn.models.googlenet import Inception
 
 # Each graph runs once on a tiny batch, so compile time is what counts: XLA:CPU's older (non-MLIR) fusion
-# emitters compile these graphs several times faster.
-jit = functools.partial(jax.jit, compiler_options={"xla_cpu_use_fusion_emitters": False})
+# emitters with LLVM at -O0 compile these graphs about 4x faster (either option alone does not help).
+jit = functools.partial(jax.jit, compiler_options={"xla_cpu_use_fusion_emitters": False,
+                                                  "xla_backend_optimization_level": 0,
+                                                  "xla_llvm_disable_expensive_passes": True})
 
 GOOGLENET_BLOCKS = ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d",
                     "inception4e", "inception5a", "inception5b"]
@@ -121,13 +123,13 @@ def test_googlenet_float64_every_block_and_input_gradients(torch_googlenet, goog
     cotangent = torch.randn(2, 1000, generator=torch.Generator().manual_seed(3))
     ref, blocks_ref, grad_ref = torch_run(copy.deepcopy(torch_googlenet).double(), batch.double(),
                                           GOOGLENET_BLOCKS, cotangent.double())
-    is_block = lambda mdl, method: method == "__call__" and isinstance(mdl, Inception)  # noqa: E731
+    is_block = lambda mdl, method: method == "__call__" and isinstance(mdl, Inception)
     with jax.enable_x64(True):
         model = get_model("googlenet", aux_logits=True, dtype=jnp.float64)
         variables = to_float64(googlenet_variables)
 
         def forward_and_grad(x, c):
-            forward = lambda x: model.apply(variables, x, capture_intermediates=is_block)  # noqa: E731
+            forward = lambda x: model.apply(variables, x, capture_intermediates=is_block)
             logits, vjp, state = jax.vjp(forward, x, has_aux=True)
             return logits, state["intermediates"], vjp(c)[0]
 

@@ -22,7 +22,7 @@ from test_checkpoint import assert_same_tree, compilation_cache, load_config, ra
 from jaxcnn import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 120
+STEPS = 60
 SETTINGS = dict(batch_size=512, eval_batch_size=512, num_train_steps=STEPS, learning_rate=0.05, log_every_steps=1,
                 eval_every_steps=10_000, eval_steps=1, checkpoint_every_steps=7)
 

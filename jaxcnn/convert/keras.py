@@ -8,7 +8,9 @@ that has params (both follow the forward order). Keras keeps the flax layouts fo
 (in, out) kernels, and BatchNormalization's gamma/beta/moving_mean/moving_variance are flax's
 scale/bias/mean/var (both keep the biased variance; our `alexnet_bn` uses Keras' epsilon 1e-3 and momentum
 0.99). The one layout change: Keras flattens NHWC, while our VGG flattens NCHW for torchvision, so the rows of
-the first dense kernel after a Flatten are permuted from (h, w, c) to (c, h, w) order.
+the first dense kernel after a Flatten are permuted from (h, w, c) to (c, h, w) order. keras.applications'
+VGG has no adaptive pool; at its fixed 224x224 input our 7x7 adaptive pool is the identity, so the converted
+model equals Keras there (and accepts other sizes the torchvision way).
 """
 
 from __future__ import annotations

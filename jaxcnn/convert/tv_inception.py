@@ -13,7 +13,8 @@ the flax model with `aux_logits=has_aux(variables)` to match. The class count is
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxcnn.convert import TORCHVISION_CONVERTERS
 from jaxcnn.convert.common import check_shapes, conv_kernel, dense_kernel, expected_variables, to_numpy

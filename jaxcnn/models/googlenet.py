@@ -31,13 +31,21 @@ Parameter names mirror torchvision's modules (`conv1/conv`, `conv1/bn`, `incepti
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcnn.layers import (
-    LRN, ConvBN, adaptive_avg_pool, avg_pool, batch_norm, flatten_nchw, global_avg_pool, max_pool,
+    LRN,
+    ConvBN,
+    adaptive_avg_pool,
+    avg_pool,
+    batch_norm,
+    flatten_nchw,
+    global_avg_pool,
+    max_pool,
 )
 from jaxcnn.models.common import check_input
 from jaxcnn.models.registry import register
@@ -193,7 +201,7 @@ class GoogLeNet2014(GoogLeNet):
     fixed_size: ClassVar[bool] = True
 
 
-GOOGLENET_FACTS = dict(num_classes=1000, year=2014, has_aux=True, family="googlenet")
+GOOGLENET_FACTS = {"num_classes": 1000, "year": 2014, "has_aux": True, "family": "googlenet"}
 
 
 @register("googlenet", input_shape=(224, 224, 3), min_size=GoogLeNet.min_size,

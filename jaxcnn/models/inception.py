@@ -92,7 +92,7 @@ class InceptionC(nn.Module):
     @nn.compact
     def __call__(self, x):
         conv, c7 = self.conv, self.c7
-        row, col = dict(kernel_size=(1, 7), padding=(0, 3)), dict(kernel_size=(7, 1), padding=(3, 0))
+        row, col = {"kernel_size": (1, 7), "padding": (0, 3)}, {"kernel_size": (7, 1), "padding": (3, 0)}
         b1 = conv(192, 1, name="branch1x1")(x)
         b7 = conv(c7, 1, name="branch7x7_1")(x)
         b7 = conv(c7, **row, name="branch7x7_2")(b7)
@@ -131,7 +131,7 @@ class InceptionE(nn.Module):
     @nn.compact
     def __call__(self, x):
         conv = self.conv
-        row, col = dict(kernel_size=(1, 3), padding=(0, 1)), dict(kernel_size=(3, 1), padding=(1, 0))
+        row, col = {"kernel_size": (1, 3), "padding": (0, 1)}, {"kernel_size": (3, 1), "padding": (1, 0)}
         b1 = conv(320, 1, name="branch1x1")(x)
         b3 = conv(384, 1, name="branch3x3_1")(x)
         b3 = jnp.concatenate([conv(384, **row, name="branch3x3_2a")(b3),
@@ -166,14 +166,14 @@ class InceptionAux(nn.Module):
 
 # The body after the stem, as data: (torchvision's module name, block class, its widths).
 INCEPTION_V3_LAYOUT = (
-    ("Mixed_5b", InceptionA, dict(pool_features=32)),
-    ("Mixed_5c", InceptionA, dict(pool_features=64)),
-    ("Mixed_5d", InceptionA, dict(pool_features=64)),
+    ("Mixed_5b", InceptionA, {"pool_features": 32}),
+    ("Mixed_5c", InceptionA, {"pool_features": 64}),
+    ("Mixed_5d", InceptionA, {"pool_features": 64}),
     ("Mixed_6a", InceptionB, {}),
-    ("Mixed_6b", InceptionC, dict(c7=128)),
-    ("Mixed_6c", InceptionC, dict(c7=160)),
-    ("Mixed_6d", InceptionC, dict(c7=160)),
-    ("Mixed_6e", InceptionC, dict(c7=192)),
+    ("Mixed_6b", InceptionC, {"c7": 128}),
+    ("Mixed_6c", InceptionC, {"c7": 160}),
+    ("Mixed_6d", InceptionC, {"c7": 160}),
+    ("Mixed_6e", InceptionC, {"c7": 192}),
     ("Mixed_7a", InceptionD, {}),
     ("Mixed_7b", InceptionE, {}),
     ("Mixed_7c", InceptionE, {}),
