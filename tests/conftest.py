@@ -6,3 +6,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# torch must be imported before TensorFlow: the other order segfaults while torch probes for triton
+# (TF's bundled LLVM symbols clash with triton's). Importing it here fixes the order for every test module.
+try:
+    import torch  # noqa: F401,E402
+    import torchvision  # noqa: F401,E402
+except ImportError:  # the torch extra is optional; torch-based tests guard themselves
+    pass

@@ -144,7 +144,7 @@ class GoogLeNet(nn.Module):
     kernel_init: Callable = TORCHVISION_INIT
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    min_size: ClassVar[int] = 31  # the smallest side whose every ceil-mode pool window starts inside its input
+    min_size: ClassVar[int] = 31  # the smallest side at which every pool window fits its input
 
     def _conv(self, train: bool) -> ModuleDef:
         norm = (batch_norm(train, axis_name=self.axis_name, epsilon=1e-3, dtype=self.dtype)
