@@ -17,7 +17,6 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from jaxcnn.layers import avg_pool, batch_norm, global_avg_pool, max_pool, torch_padding
 from jaxcnn.models.common import check_input
@@ -60,15 +59,11 @@ class DenseBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c0 = x.shape[-1]
-        buf = jnp.zeros((*x.shape[:-1], c0 + self.num_layers * self.growth_rate), x.dtype)
-        buf = lax.dynamic_update_slice_in_dim(buf, x, 0, axis=-1)
         for i in range(self.num_layers):
-            c = c0 + i * self.growth_rate
             new = DenseLayer(self.growth_rate, self.bn_size, self.conv, self.norm, self.act,
-                             name=f"denselayer{i + 1}")(buf[..., :c])
-            buf = lax.dynamic_update_slice_in_dim(buf, new, c, axis=-1)
-        return buf
+                             name=f"denselayer{i + 1}")(x)
+            x = jnp.concatenate([x, new], axis=-1)
+        return x
 
 
 class Transition(nn.Module):
