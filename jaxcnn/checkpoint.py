@@ -6,7 +6,7 @@ Training checkpoints (`Checkpoints`): an orbax `CheckpointManager` under `<workd
 directory per checkpoint named by its step, each holding three items:
   state/     the train state as a tree {step, params, batch_stats, opt_state, rng}; optax namedtuples become
              dicts through `flax.serialization.to_state_dict`, a typed PRNG key its raw key data
-  position/  JSON {"epoch", "batch"}: where the data stream resumes (`pipeline.epoch(epoch, skip_batches=batch)`)
+  position/  JSON {"epoch", "batch"}: where the data resumes, `pipeline.epoch(epoch, skip_batches=batch)`
   metadata/  JSON {"model", "num_classes", "image_shape", ...}: what the checkpoint belongs to
 Retention keeps the last `keep` checkpoints plus the best one by validation top-1: orbax's
 `AnyPreservationPolicy(LatestN(keep), BestN(top1, n=1))`. Only checkpoints saved right after an evaluation
@@ -108,7 +108,8 @@ def read_metadata(workdir: str | Path) -> tuple[int, dict] | None:
     """(step, metadata) of the newest checkpoint whose metadata is readable, or None."""
     for step in reversed(list_steps(workdir)):
         try:
-            return step, dict(_read_item(checkpoint_dir(workdir) / str(step), metadata=ocp.args.JsonRestore()).metadata)
+            item = _read_item(checkpoint_dir(workdir) / str(step), metadata=ocp.args.JsonRestore())
+            return step, dict(item.metadata)
         except Exception as e:  # noqa: BLE001 - a broken checkpoint is skipped, not fatal (warned)
             log.warning("checkpoint %s: unreadable metadata (%s); looking at an older one",
                         checkpoint_dir(workdir) / str(step), _first_line(e))
@@ -124,8 +125,8 @@ def check_compatible(workdir: str | Path, metadata: Mapping) -> None:
     for field in IDENTITY_FIELDS:
         if field in saved and field in metadata and _norm(saved[field]) != _norm(metadata[field]):
             raise CheckpointMismatch(
-                f"{checkpoint_dir(workdir)} holds checkpoints of {_describe(saved)}, not {_describe(metadata)}: "
-                f"use another --workdir (or delete that one)")
+                f"{checkpoint_dir(workdir)} holds checkpoints of {_describe(saved)}, "
+                f"not {_describe(metadata)}: use another --workdir (or delete that one)")
 
 
 def _norm(v: Any) -> Any:

@@ -47,8 +47,9 @@ def toy_state(value: float = 0.0, step: int = 0):
     params = {"dense": {"kernel": jnp.full((4, 3), value), "bias": jnp.zeros(3)}}
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     opt_state = jax.tree.map(lambda x: x + value, tx.init(params))
-    return TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats={"bn": {"mean": jnp.full(3, value)}},
-                      opt_state=opt_state, rng=jax.random.key(int(value)), apply_fn=None, tx=tx)
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                      batch_stats={"bn": {"mean": jnp.full(3, value)}}, opt_state=opt_state,
+                      rng=jax.random.key(int(value)), apply_fn=None, tx=tx)
 
 
 def assert_trees_equal(a, b):
@@ -75,7 +76,8 @@ def test_retention_keeps_last_n_plus_best_across_restarts(tmp_path):
     assert_trees_equal(state, toy_state(9, 9))
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore, after a failed read
+# tensorstore complains about its closed event loop after a failed read
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):
     with ckpt.Checkpoints(tmp_path, keep=3) as c:
         for step in (1, 2, 3):
@@ -224,8 +226,8 @@ def test_resumed_run_is_bit_identical(tmp_path):
     loop.train_and_evaluate(load_config(config_file), straight)
     loop.train_and_evaluate(load_config(config_file, num_train_steps=N), split)
     assert ckpt.list_steps(split) == [N]
-    done = subprocess.run([sys.executable, "-m", "train.main", f"--config={config_file}", f"--workdir={split}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "train.main", f"--config={config_file}",
+                           f"--workdir={split}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming from step {N} (epoch 0, batch {N})" in done.stderr
 
@@ -237,3 +239,31 @@ def test_resumed_run_is_bit_identical(tmp_path):
                if r["split"] == "train"} for w in (straight, split)]
     assert losses[0] == losses[1] and len(losses[0]) == 2 * N
     assert losses[0][2 * N] < 0.8 * losses[0][1]  # it learns: identical params are not untouched params
+
+
+def test_init_from_saved_variables_with_a_frozen_backbone(tmp_path):
+    """--init_from loads saved variables; freeze_backbone trains the head only; a class-count mismatch stops
+    before any step."""
+    from jaxcnn import models, training
+    from train import loop
+    from train.configs import recipe_for
+
+    variables = training.init_variables(models.get_model("lenet5", num_classes=10), jax.random.PRNGKey(7),
+                                        (28, 28, 1))
+    ckpt.save_variables(tmp_path / "init", variables,
+                        dict(model="lenet5", num_classes=10, image_shape=(28, 28, 1)))
+    config = recipe_for("lenet5")
+    config.update(dict(num_train_steps=3, eval_steps=1, log_every_steps=1, init_from=str(tmp_path / "init"),
+                       freeze_backbone=True))
+    loop.train_and_evaluate(config, tmp_path / "run")
+    params = raw_state(tmp_path / "run", 3)["params"]
+    assert list(params) == list(variables["params"]) and list(params)[-1] == "output"
+    for name, saved in variables["params"].items():
+        pairs = zip(jax.tree.leaves(params[name]), jax.tree.leaves(saved))
+        unchanged = all(np.array_equal(a, b) for a, b in pairs)
+        assert unchanged == (name != "output"), name  # only the head moved
+
+    config.num_classes = 5
+    with pytest.raises(ValueError, match="has 10 classes, this run 5"):
+        loop.train_and_evaluate(config, tmp_path / "mismatch")
+    assert not (tmp_path / "mismatch" / "checkpoints").exists()

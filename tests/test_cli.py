@@ -25,7 +25,8 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(cli_command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cli_command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def snapshot(directory: Path) -> dict:
@@ -38,8 +39,8 @@ def snapshot(directory: Path) -> dict:
 def lenet_run(tmp_path_factory):
     """A short lenet5 run on the embedded MNIST subset, then --mode=eval on its checkpoint."""
     workdir = tmp_path_factory.mktemp("lenet5")
-    train = run_cli("--model=lenet5", f"--workdir={workdir}", f"--num_train_steps={LENET_STEPS}", "--batch_size=32",
-                    "--log_every_steps=10", "--checkpoint_every_steps=40")
+    train = run_cli("--model=lenet5", f"--workdir={workdir}", f"--num_train_steps={LENET_STEPS}",
+                    "--batch_size=32", "--log_every_steps=10", "--checkpoint_every_steps=40")
     assert train.returncode == 0, train.stderr
     evaluation = run_cli("--model=lenet5", f"--workdir={workdir}", "--mode=eval", "--split=validation")
     assert evaluation.returncode == 0, evaluation.stderr
@@ -87,9 +88,10 @@ def test_bad_input_gets_one_line(lenet_run, tmp_path):
         ("--model=mlp", f"--workdir={lenet_dir}"): "'lenet5'",
     }
     # Started together: each spends most of its time importing jax.
-    procs = {flags: start_cli(*flags, "--num_train_steps=1", *(() if any(f.startswith("--workdir") for f in flags)
-                                                              else (f"--workdir={tmp_path / 'w'}",)))
-             for flags in cases}
+    procs = {}
+    for flags in cases:
+        workdir = () if any(f.startswith("--workdir") for f in flags) else (f"--workdir={tmp_path / 'w'}",)
+        procs[flags] = start_cli(*flags, "--num_train_steps=1", *workdir)
     for flags, phrase in cases.items():
         out, err = procs[flags].communicate(timeout=600)
         lines = err.strip().splitlines()
@@ -113,7 +115,18 @@ def one_per_family() -> list[str]:
     return sorted(name for _, name in best.values())
 
 
-@pytest.mark.parametrize("model", one_per_family())
+# Minutes of XLA CPU compilation each on a loaded 2-core machine.
+DEEP_FAMILIES = ("densenet", "googlenet", "inception")
+
+
+def family_params() -> list:
+    from jaxcnn.models import get_spec
+
+    return [pytest.param(name, marks=[pytest.mark.slow] if get_spec(name).family in DEEP_FAMILIES else [])
+            for name in one_per_family()]
+
+
+@pytest.mark.parametrize("model", family_params())
 def test_every_family_trains_a_few_steps(model, tmp_path):
     from jaxcnn.models import get_spec
     from train import loop

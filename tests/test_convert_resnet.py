@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from jaxcnn.convert import ShapeMismatch, torchvision_to_flax  # noqa: E402
-from jaxcnn.convert.tv_resnet import resnet_module_path, torch_running_var  # noqa: E402
-from jaxcnn.models import get_model  # noqa: E402
-from jaxcnn.models.resnet import BasicBlock, Bottleneck  # noqa: E402
+from jaxcnn.convert import ShapeMismatch, torchvision_to_flax
+from jaxcnn.convert.tv_resnet import resnet_module_path, torch_running_var
+from jaxcnn.models import get_model
+from jaxcnn.models.resnet import BasicBlock, Bottleneck
 
 SHAPE = (2, 64, 96, 3)  # NHWC: batch 2, non-square
 
@@ -91,7 +91,7 @@ def test_resnet50_logits_blocks_and_input_gradient(resnet50):
         hook.remove()
 
     def loss(x, variables, cotangent):  # weights as arguments, not constants XLA would try to fold
-        is_block = lambda module, _: isinstance(module, (BasicBlock, Bottleneck))  # noqa: E731
+        is_block = lambda module, _: isinstance(module, (BasicBlock, Bottleneck))
         logits, state = flax_model.apply(variables, x, capture_intermediates=is_block, mutable=["intermediates"])
         return jnp.sum(logits * cotangent), (logits, state["intermediates"])
 

@@ -34,15 +34,6 @@ def he_variables(model, x) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def compiled(fn, *args):
-    """`fn` jitted and compiled for `args` at XLA's lowest backend optimization level.
-
-    These tests check shapes and finiteness, not speed: the lowest level halves the CPU compile time of the
-    deep models, which dominates this file's runtime.
-    """
-    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
-
-
 def test_every_variant_is_registered():
     expected = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                 "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
@@ -58,6 +49,7 @@ def test_parameter_count_matches_reference(name):
     assert sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes["params"])) == spec.params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121"])
 def test_train_step_is_finite_and_updates_batch_stats(name):
     """Train-mode loss and gradients at the smallest input: finite, nonzero, and every running stat moved."""
@@ -75,7 +67,7 @@ def test_train_step_is_finite_and_updates_batch_stats(name):
         return jax.grad(loss_fn, has_aux=True)(params)
 
     args = (variables["params"], variables["batch_stats"], x)
-    grads, (logits, state) = compiled(grads_and_stats, *args)(*args)
+    grads, (logits, state) = jax.jit(grads_and_stats)(*args)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves((logits, grads)))
     assert float(optax.tree.norm(grads)) > 0
@@ -95,13 +87,14 @@ def test_eval_mode_leaves_batch_stats_alone():
     assert all(jax.tree_util.tree_leaves(same))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet152", "densenet201", "wide_resnet101_2"])
 def test_deep_variants_forward_at_smallest_input(name):
     model = get_model(name)
     size = get_spec(name).min_size
     x = jnp.ones((1, size, size, 3))
     variables = he_variables(model, x)
-    logits = compiled(model.apply, variables, x)(variables, x)
+    logits = jax.jit(model.apply)(variables, x)
     assert logits.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(logits)))
 
 
@@ -124,7 +117,7 @@ def test_initializers_follow_torchvision():
     assert len(blocks) == 8
     assert all(float(jnp.abs(params[k]["bn2"]["scale"]).max()) == 0.0 for k in blocks)
     assert all(float(params[k]["bn1"]["scale"].min()) == 1.0 for k in blocks)
-    kernel = params["layer4_1"]["conv2"]["kernel"]  # 3x3x512x512: fan_out = 9 * 512
-    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2.0 / (9 * 512)), rel=0.01)
+    kernel = params["layer4_0"]["conv1"]["kernel"]  # 3x3x256x512: fan_out 9 * 512 (fan_in would be 9 * 256)
+    assert float(jnp.std(kernel)) == pytest.approx(np.sqrt(2.0 / (9 * 512)), rel=0.02)
     bound = 1.0 / np.sqrt(512)  # torch nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     assert float(jnp.abs(params["fc"]["kernel"]).max()) == pytest.approx(bound, rel=0.01)

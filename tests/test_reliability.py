@@ -23,8 +23,8 @@ from jaxcnn import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
-SETTINGS = dict(batch_size=512, eval_batch_size=512, num_train_steps=STEPS, learning_rate=0.05, log_every_steps=1,
-                eval_every_steps=10_000, eval_steps=1, checkpoint_every_steps=7)
+SETTINGS = dict(batch_size=512, eval_batch_size=512, num_train_steps=STEPS, learning_rate=0.05,
+                log_every_steps=1, eval_every_steps=10_000, eval_steps=1, checkpoint_every_steps=7)
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +63,21 @@ def logged_step(workdir: Path) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
+def start_quiet(config_file: Path, workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(cli_args(config_file, workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def finish(config_file: Path, workdir: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(cli_args(config_file, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cli_args(config_file, workdir), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     return done
 
 
 def test_sigterm_saves_and_resumes_exactly(config_file, reference, tmp_path):
-    proc = subprocess.Popen(cli_args(config_file, tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_args(config_file, tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for(lambda: logged_step(tmp_path) >= 10, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
@@ -106,14 +113,15 @@ def kill_during_save(workdir: Path, proc: subprocess.Popen, timeout: float = 120
 
 def test_sigkill_resumes_from_the_last_complete_checkpoint(config_file, reference, tmp_path):
     # First a kill at a random moment after the first checkpoint, then one aimed at a save in progress.
-    proc = subprocess.Popen(cli_args(config_file, tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_quiet(config_file, tmp_path)
     wait_for(lambda: len(ckpt.list_steps(tmp_path)) >= 1, proc)
     time.sleep(random.Random(0).uniform(0.0, 1.0))
     proc.kill()
     proc.wait()
-    proc = subprocess.Popen(cli_args(config_file, tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_quiet(config_file, tmp_path)
     wait_for(lambda: logged_step(tmp_path) > max(ckpt.list_steps(tmp_path)), proc)  # resumed and stepping
     mid_save = kill_during_save(tmp_path, proc)
+    print(f"SIGKILL landed mid-save: {mid_save}")  # shown with -s
     proc.wait()
     last_complete = max(ckpt.list_steps(tmp_path))
     done = finish(config_file, tmp_path)
@@ -159,8 +167,9 @@ def test_soak_kill_and_resume(config_file, reference, tmp_path):
     for _ in range(int(os.environ.get("SOAK_CYCLES", 100))):
         if STEPS in ckpt.list_steps(tmp_path):
             break
-        proc = subprocess.Popen(cli_args(config_file, tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(float(os.environ.get("SOAK_MIN_S", 5)), float(os.environ.get("SOAK_MAX_S", 40))))
+        proc = start_quiet(config_file, tmp_path)
+        low, high = float(os.environ.get("SOAK_MIN_S", "5")), float(os.environ.get("SOAK_MAX_S", "40"))
+        time.sleep(rng.uniform(low, high))
         proc.kill()
         proc.wait()
     finish(config_file, tmp_path)

@@ -118,27 +118,34 @@ def initial_state(s: Setup, steps_per_epoch: int):
     """The train state at step 0: fresh, or from `config.init_from` saved variables.
 
     With `freeze_backbone` only the classifier head (the last top-level module) is trained; with
-    `reinit_head` the head keeps its fresh initialization (for a different class count).
+    `reinit_head` the head keeps a fresh initialization (for a different class count).
     """
     config = s.config
+    rng = jax.random.PRNGKey(int(config.seed))
     trainable = optim.head_trainable if config.freeze_backbone else None
-    state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
-                                        steps_per_epoch, trainable=trainable)
     if not config.init_from:
-        return state
-    variables, meta = ckpt.load_variables(config.init_from)
+        return training.create_train_state(s.model, config, rng, s.image_shape, steps_per_epoch,
+                                           trainable=trainable)
+    loaded, meta = ckpt.load_variables(config.init_from)
     if meta.get("num_classes") != s.num_classes and not config.reinit_head:
         raise ValueError(f"--init_from {config.init_from} has {meta.get('num_classes')} classes, this run "
                          f"{s.num_classes}: pass --config.reinit_head=True for a fresh classifier head")
-    head = optim.head_trainable(state.params) if config.reinit_head else None
-    return state.replace(params=merge_variables(state.params, variables["params"], keep_fresh=head),
-                         batch_stats=merge_variables(state.batch_stats, variables.get("batch_stats", {})))
+    if config.reinit_head:  # real initial values for the head
+        fresh = training.init_variables(s.model, jax.random.split(rng)[0], s.image_shape)
+        head = {"params": optim.head_trainable(fresh["params"]),
+                "batch_stats": jax.tree.map(lambda _: False, fresh["batch_stats"])}
+    else:  # shapes only: every value comes from the file
+        fresh = jax.eval_shape(lambda: training.init_variables(s.model, rng, s.image_shape))
+        head = None
+    variables = merge_variables(fresh, {k: loaded[k] for k in ("params", "batch_stats")}, head)
+    return training.create_train_state(s.model, config, rng, s.image_shape, steps_per_epoch,
+                                       trainable=trainable, variables=variables)
 
 
 def merge_variables(fresh, loaded, keep_fresh=None):
-    """`loaded` values in `fresh`'s structure (a clear error on a missing or misshapen entry);
-    leaves where `keep_fresh` is True stay fresh."""
-    keep = keep_fresh if keep_fresh is not None else jax.tree_util.tree_map(lambda _: False, fresh)
+    """`loaded` values in `fresh`'s structure, shapes and dtypes (a clear error on a missing or misshapen
+    entry); leaves where `keep_fresh` is True keep `fresh`'s values."""
+    keep = keep_fresh if keep_fresh is not None else jax.tree.map(lambda _: False, fresh)
 
     def pick(path, f, k):
         if k:
@@ -146,12 +153,12 @@ def merge_variables(fresh, loaded, keep_fresh=None):
         node = loaded
         for p in path:
             name = getattr(p, "key", p)
-            if not hasattr(node, "__getitem__") or name not in node:
-                raise ValueError(f"--init_from lacks {jax.tree_util.keystr(path)} that the model has")
+            if not isinstance(node, dict) or name not in node:
+                raise ValueError(f"--init_from lacks {jax.tree_util.keystr(path)}, which the model has")
             node = node[name]
-        if tuple(np.shape(node)) != tuple(np.shape(f)):
-            raise ValueError(f"--init_from {jax.tree_util.keystr(path)} has shape {np.shape(node)}, "
-                             f"the model {np.shape(f)}")
+        if tuple(np.shape(node)) != tuple(f.shape):
+            raise ValueError(f"--init_from {jax.tree_util.keystr(path)} has shape {tuple(np.shape(node))}, "
+                             f"the model {tuple(f.shape)}")
         return jnp.asarray(node, dtype=f.dtype)
 
     return jax.tree_util.tree_map_with_path(pick, fresh, keep)
@@ -379,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if "skipped" in fetched[-1]:  # the optimizer's own count of the updates apply_if_finite skipped
             skipped = int(np.max(np.asarray(fetched[-1]["skipped"])))
         finite = [m for m in fetched if np.all(np.isfinite(np.asarray(m["loss"])))]
-        means = mean_metrics(finite) if finite else dict(loss=float("nan"), top1=float("nan"), top5=float("nan"))
+        means = mean_metrics(finite) if finite else {k: float("nan") for k in ("loss", "top1", "top5")}
         now = time.perf_counter()
         rate = window_images / max(now - tick, 1e-9)
         extra = {"skipped_nonfinite": skipped} if config.skip_nonfinite else {}

@@ -66,7 +66,10 @@ def build_config():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger().setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
+    # Our warnings (a skipped checkpoint, a removed partial one) show; other libraries' only with --verbose.
+    logging.getLogger().setLevel(logging.DEBUG if FLAGS.verbose else logging.ERROR)
+    for ours in ("jaxcnn", "train"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
     from jaxcnn import models
 
     if FLAGS.list_models:
@@ -84,7 +87,8 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
         if FLAGS.verbose:
             raise
-        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 1
     return 130 if result["interrupted"] == "SIGINT" else 0
 

@@ -26,7 +26,8 @@ n / (n - 1) on the new-batch term: negligible for large batches, visible for tin
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

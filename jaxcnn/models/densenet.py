@@ -13,7 +13,8 @@ is a submodule, so `capture_intermediates=True` records their outputs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp

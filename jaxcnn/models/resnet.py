@@ -19,7 +19,8 @@ Parameter names mirror torchvision's module names: `conv1`, `bn1`, `layer1_0/con
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp

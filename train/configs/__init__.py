@@ -16,7 +16,7 @@ def recipe_for(model_name: str) -> ml_collections.ConfigDict:
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model_name) and model_name != "default":
         try:
             config = importlib.import_module(f"train.configs.{model_name}").get_config()
-        except ModuleNotFoundError as e:  # no recipe for this model; a broken recipe's own import error propagates
+        except ModuleNotFoundError as e:  # no recipe for this model (a broken recipe's own error propagates)
             if e.name != f"train.configs.{model_name}":
                 raise
     config = config if config is not None else default.get_config()

@@ -1,6 +1,6 @@
 """GoogLeNet as Szegedy et al. 2014 trained it: SGD momentum 0.9, the learning rate cut by 4% every 8 epochs,
 the two auxiliary classifiers' losses weighted 0.3; Inception-style crops (8%-100% of the area) and flips.
-The paper gives no base learning rate or weight decay: 0.01 and 2e-4 here (torchvision's reference uses 1e-4)."""
+The paper gives no base learning rate or weight decay: 0.01 and 2e-4 here (torchvision's reference: 1e-4)."""
 
 from train.configs import default
 

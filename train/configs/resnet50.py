@@ -1,6 +1,7 @@
 """ResNet-50 with the flax ImageNet example's recipe: SGD momentum 0.9 with Nesterov, learning rate
 0.1 * batch_size / 256 (0.1 at batch 256), 5 linear warm-up epochs then cosine decay over 100 epochs,
-weight decay 1e-4, no label smoothing; Inception-style crops and flips. Scale learning_rate with batch_size."""
+weight decay 1e-4, no label smoothing; Inception-style crops and flips. Scale learning_rate with batch_size.
+"""
 
 from train.configs import default
 
