@@ -13,7 +13,6 @@ batch 128 at 32 for CIFAR-size), so the ratio says whether input ever starves tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -79,11 +78,7 @@ def main(argv=None) -> dict:
         result[f"{args.consumer}_{key}_step_images_per_sec"] = consumed[key]
         result[f"{key}_ratio"] = result[f"{key}_images_per_sec"] / consumed[key]
     result["cores"] = os.cpu_count()
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return train_step.report(result, args.json)
 
 
 if __name__ == "__main__":

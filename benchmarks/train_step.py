@@ -149,9 +149,14 @@ def main(argv=None) -> dict:
     if args.vs == "torch":
         result["torch_images_per_sec"] = batch_size / bench_torch(args.model, batch, args.steps)
         result["ratio"] = result["images_per_sec"] / result["torch_images_per_sec"]
+    return report(result, args.json)
+
+
+def report(result: dict, json_path: str | None) -> dict:
+    """Print `result` as JSON, and write it to `json_path` when given (shared with input_pipeline.py)."""
     print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
 

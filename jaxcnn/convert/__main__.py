@@ -93,7 +93,9 @@ def main(argv=None) -> int:
             raise
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    count = sum(int(np.size(x)) for x in __import__("jax").tree_util.tree_leaves(variables["params"]))
+    import jax
+
+    count = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(variables["params"]))
     print(f"wrote {path}: {args.model}, {num_classes} classes, {count:,} params")
     return 0
 
