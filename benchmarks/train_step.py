@@ -7,6 +7,9 @@ trainer runs it. With `--vs=torch` the same model from torchvision (a plain torc
 SGD-momentum steps on the same batch in the same process. Reported: the median over `--steps` timed steps
 after warm-up, the first step's compile time, peak RSS, and MFU = achieved FLOP/s (XLA's cost analysis of
 the compiled step) / the measured f32 matmul peak (`jnp.dot` on 2048x2048).
+Memory: peak RSS of the process before torch runs, against the bound params + grads + optimizer state +
+BatchNorm statistics + saved activations + batch (`rss_over_bound`; the issue's target for resnet50 is <= 1.5).
+XLA flags are taken from the XLA_FLAGS environment variable, as everywhere in JAX.
 """
 
 from __future__ import annotations
@@ -53,13 +56,14 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def bench_ours(model_name: str, batch: dict, steps: int) -> dict:
+def bench_ours(model_name: str, batch: dict, steps: int, dtype: str = "float32") -> dict:
     spec = get_spec(model_name)
     config = default.get_config()
     config.model = model_name
+    config.dtype = dtype  # bfloat16: bf16 compute, fp32 params and optimizer state (as in training)
     config.learning_rate, config.momentum = 0.01, 0.9
     num_classes = spec.num_classes
-    model = get_model(model_name, num_classes=num_classes)
+    model = get_model(model_name, num_classes=num_classes, dtype=training.model_dtype(config))
     state = training.create_train_state(model, config, jax.random.key(0), batch["image"].shape[1:], 100)
     train_fn, _ = training.step_functions(config, num_classes)
     step = jax.jit(train_fn, donate_argnums=0)
@@ -81,7 +85,33 @@ def bench_ours(model_name: str, batch: dict, steps: int) -> dict:
         jax.block_until_ready(m)
 
     seconds = time_steps(run, steps)
-    return {"seconds": seconds, "compile_s": compile_s, "flops_per_step": flops}
+    return {"seconds": seconds, "compile_s": compile_s, "flops_per_step": flops,
+            "peak_rss_mb": peak_rss_mb(), **memory_bound(model, holder["state"], batch, compiled)}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def memory_bound(model, state, batch: dict, compiled) -> dict:
+    """What a train step must hold, in MB: params, their gradients, the optimizer state and BatchNorm
+    statistics, plus the activations autodiff saves for the backward pass (the residuals of `jax.vjp`,
+    sized without running it), plus the batch. XLA's own temporary-buffer total is reported beside it."""
+    def forward(params):
+        return model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                           rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[0]
+
+    residuals = jax.eval_shape(lambda p: jax.vjp(forward, p)[1], state.params)
+    parts = {"params": nbytes(state.params), "grads": nbytes(state.params), "opt_state": nbytes(state.opt_state),
+             "batch_stats": nbytes(state.batch_stats), "activations": nbytes(residuals), "batch": nbytes(batch)}
+    memory = compiled.memory_analysis()
+    mb = 2.0 ** 20
+    return {"memory_bound_mb": sum(parts.values()) / mb, **{f"{k}_mb": v / mb for k, v in parts.items()},
+            "xla_temp_mb": getattr(memory, "temp_size_in_bytes", 0) / mb}
 
 
 def torch_model(model_name: str, num_classes: int):
@@ -125,6 +155,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--vs", choices=["torch", "none"], default="none")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
 
     spec = get_spec(args.model)
@@ -134,14 +165,20 @@ def main(argv=None) -> dict:
     batch = {"image": rng.standard_normal((batch_size, size, size, spec.input_shape[2]), np.float32),
              "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)}
 
-    ours = bench_ours(args.model, batch, args.steps)
+    baseline_rss = peak_rss_mb()  # the interpreter, jax and our imports, before any model exists
+    ours = bench_ours(args.model, batch, args.steps, args.dtype)
     peak = matmul_peak_flops()
     result = {
-        "model": args.model, "batch_size": batch_size, "image_size": size,
+        "model": args.model, "dtype": args.dtype, "batch_size": batch_size, "image_size": size,
         "images_per_sec": batch_size / ours["seconds"],
         "torch_images_per_sec": None, "ratio": None,
         "compile_s": ours["compile_s"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": ours["peak_rss_mb"],  # before torch runs: ours alone
+        "baseline_rss_mb": baseline_rss,
+        "memory_bound_mb": ours["memory_bound_mb"],
+        "rss_over_bound": ours["peak_rss_mb"] / ours["memory_bound_mb"],
+        "memory_parts_mb": {k[:-3]: ours[f"{k}"] for k in ("params_mb", "grads_mb", "opt_state_mb", "batch_stats_mb",
+                                                           "activations_mb", "batch_mb", "xla_temp_mb")},
         "mfu": ours["flops_per_step"] / ours["seconds"] / peak,
         "matmul_peak_gflops": peak / 1e9,
         "device": str(jax.devices()[0]),

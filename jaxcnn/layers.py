@@ -7,13 +7,17 @@ inputs and silently breaks equivalence).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxcnn.conv import Conv, place_tap, tap_offsets, window_taps
 
 ModuleDef = Any
 Padding = int | str | Sequence[tuple[int, int]]
@@ -102,8 +106,42 @@ def max_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequenc
     window = pairs(window)
     strides = window if strides is None else pairs(strides)
     pads, _ = _resolve_padding(x, window, strides, padding, ceil_mode)
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
-                             ((0, 0), *pads, (0, 0)))
+    return _max_pool(x, window, strides, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, pads):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+
+
+def _max_pool_fwd(x, window, strides, pads):
+    return _max_pool(x, window, strides, pads), (x,)
+
+
+def _max_pool_bwd(window, strides, pads, residuals, dy):
+    """Each output's gradient goes to the first maximum of its window in row-major order, as in torch.
+
+    Autodiff of reduce_window would do the same through select-and-scatter, which XLA:CPU runs as a
+    reduce-window carrying argmax indices: 7% of a ResNet-18 step (benchmarks/NOTES.md). Written per tap,
+    the backward pass is compares, selects and pads that fuse into a few loops.
+    """
+    (x,) = residuals
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    taps = window_taps(xp, window, strides, dy.shape[1:3])
+    # The maximum again, from the very slices compared below: the forward output may come from a fusion that
+    # recomputed x with other rounding, and an equality test against it would then miss.
+    y = functools.reduce(jnp.maximum, taps)
+    taken = jnp.zeros(y.shape, bool)
+    dxp = jnp.zeros_like(xp)
+    for offset, seen in zip(tap_offsets(window), taps):
+        first = (seen == y) & ~taken
+        taken = taken | first
+        dxp = dxp + place_tap(jnp.where(first, dy, 0), offset, strides, xp.shape[1:3])
+    (pt, pb), (pl, pr) = pads
+    return (dxp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
@@ -202,9 +240,9 @@ class ConvBN(nn.Module):
     def __call__(self, x):
         pad = self.padding if isinstance(self.padding, str) else torch_padding(self.padding)
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
-        x = nn.Conv(self.features, pairs(self.kernel_size), pairs(self.strides), padding=pad,
-                    feature_group_count=self.groups, use_bias=use_bias, dtype=self.dtype,
-                    kernel_init=self.kernel_init, name="conv")(x)
+        x = Conv(self.features, pairs(self.kernel_size), pairs(self.strides), padding=pad,
+                 feature_group_count=self.groups, use_bias=use_bias, dtype=self.dtype,
+                 kernel_init=self.kernel_init, name="conv")(x)
         if self.norm is not None:
             x = self.norm(name="bn")(x)
         return x if self.act is None else self.act(x)

@@ -157,6 +157,26 @@ def test_max_pool_matches_torch(torch, size, window, stride, padding, ceil_mode)
     np.testing.assert_array_equal(layers.max_pool(x, window, stride, padding, ceil_mode), ref)
 
 
+@pytest.mark.parametrize("size", [14, 15])
+@pytest.mark.parametrize("window,stride,padding", POOL_CASES)
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_gradient_matches_torch(torch, size, window, stride, padding, ceil_mode, ties):
+    """Our per-tap max-pool gradient: each window's gradient to its first maximum, exactly as torch's.
+
+    With ties (a coarse grid of values, and the zeros ReLU leaves), torch picks the first maximum in
+    row-major window order; so do we."""
+    x = random((2, size, size + 1, 3))
+    if ties:
+        x = np.maximum(np.round(x * 2) / 2, 0).astype(np.float32)
+    cotangent = random(np.shape(layers.max_pool(x, window, stride, padding, ceil_mode)), seed=1)
+    ours = jax.grad(lambda v: jnp.sum(layers.max_pool(v, window, stride, padding, ceil_mode) * cotangent))(x)
+    xt = torch.from_numpy(to_nchw(x)).requires_grad_(True)
+    out = torch.nn.functional.max_pool2d(xt, window, stride, padding, ceil_mode=ceil_mode)
+    out.backward(torch.from_numpy(to_nchw(cotangent)))
+    np.testing.assert_allclose(np.asarray(ours), to_nhwc(xt.grad.numpy()), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("size", [13, 15])
 @pytest.mark.parametrize("window,stride,padding", POOL_CASES)
 @pytest.mark.parametrize("ceil_mode", [False, True])

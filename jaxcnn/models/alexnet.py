@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn import conv
 from jaxcnn.layers import (
     adaptive_avg_pool,
     batch_norm,
@@ -139,9 +140,9 @@ class PlainCNN(nn.Module):
 
         match layer:
             case Conv():
-                return nn.Conv(width(layer.features), (layer.kernel, layer.kernel), (layer.stride, layer.stride),
-                               padding=torch_padding(layer.padding), feature_group_count=layer.groups,
-                               dtype=self.dtype, name=name)(x)
+                return conv.Conv(width(layer.features), (layer.kernel, layer.kernel), (layer.stride, layer.stride),
+                                 padding=torch_padding(layer.padding), feature_group_count=layer.groups,
+                                 dtype=self.dtype, name=name)(x)
             case Dense():
                 return nn.Dense(width(layer.features), dtype=self.dtype, name=name)(x)
             case Pool():

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn.conv import Conv
 from jaxcnn.layers import avg_pool, batch_norm, global_avg_pool, max_pool, torch_padding
 from jaxcnn.models.common import check_input
 from jaxcnn.models.registry import register
@@ -96,7 +97,7 @@ class DenseNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         check_input(x, self)
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         norm = batch_norm(train, axis_name=self.axis_name, dtype=self.dtype)
         act = nn.relu
 
