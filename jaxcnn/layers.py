@@ -101,17 +101,25 @@ def _resolve_padding(x, window, strides, padding: Padding, ceil_mode: bool):
 
 
 def max_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequence[int] | None = None,
-             padding: Padding = 0, ceil_mode: bool = False) -> jnp.ndarray:
-    """torch `MaxPool2d(window, strides, padding, ceil_mode=...)` on NHWC; padding may be 'SAME'/'VALID'."""
+             padding: Padding = 0, ceil_mode: bool = False, per_tap_gradient: bool = True) -> jnp.ndarray:
+    """torch `MaxPool2d(window, strides, padding, ceil_mode=...)` on NHWC; padding may be 'SAME'/'VALID'.
+
+    `per_tap_gradient=False` leaves the gradient to XLA's autodiff of reduce_window (the reference the
+    faster per-tap gradient is tested and benchmarked against).
+    """
     window = pairs(window)
     strides = window if strides is None else pairs(strides)
     pads, _ = _resolve_padding(x, window, strides, padding, ceil_mode)
-    return _max_pool(x, window, strides, pads)
+    return (_max_pool if per_tap_gradient else _reduce_window_max)(x, window, strides, pads)
+
+
+def _reduce_window_max(x, window, strides, pads):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, strides, pads):
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+    return _reduce_window_max(x, window, strides, pads)
 
 
 def _max_pool_fwd(x, window, strides, pads):

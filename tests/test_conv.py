@@ -1,5 +1,7 @@
 """jaxcnn.conv: the im2col-gradient convolution equals lax.conv_general_dilated and its autodiff gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,12 +54,7 @@ def test_other_cases_go_to_lax():
                                                                     feature_group_count=2))
 
 
-def plain_max_pool(x, window, strides=None, padding=0, ceil_mode=False):
-    """layers.max_pool without its custom gradient: reduce_window and XLA's own autodiff."""
-    window = layers.pairs(window)
-    strides = window if strides is None else layers.pairs(strides)
-    pads, _ = layers._resolve_padding(x, window, strides, padding, ceil_mode)
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+plain_max_pool = functools.partial(layers.max_pool, per_tap_gradient=False)
 
 
 def test_resnet_gradients_match_plain_flax(monkeypatch):

@@ -1,0 +1,64 @@
+"""The README's performance table: `train_step.py --vs=torch` for each benchmarked model, one process each
+(so every peak RSS is that model's own), then the input pipeline, as a Markdown table.
+
+    python benchmarks/table.py [--models=lenet5,resnet18] [--steps=10] [--json_dir=DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = ("lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50")
+
+
+def run(script: str, args: list[str], json_path: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(HERE),
+                                                                    os.environ.get("PYTHONPATH")])))
+    subprocess.run([sys.executable, os.path.join(HERE, script), *args, f"--json={json_path}"], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json_dir", default=None, help="keep each run's JSON here")
+    args = parser.parse_args(argv)
+    out = args.json_dir or tempfile.mkdtemp()
+    os.makedirs(out, exist_ok=True)
+
+    print(f"{cpu_name()}, {os.cpu_count()} cores, fp32, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+    print("| model | batch @ size | ours img/s | torch img/s | ours / torch | compile s | peak RSS MB "
+          "| RSS / bound | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        r = run("train_step.py", [f"--model={model}", "--vs=torch", f"--steps={args.steps}"],
+                os.path.join(out, f"{model}.json"))
+        print(f"| {model} | {r['batch_size']} @ {r['image_size']} | {r['images_per_sec']:.1f} "
+              f"| {r['torch_images_per_sec']:.1f} | {r['ratio']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} "
+              f"| {r['rss_over_bound']:.2f} | {r['mfu']:.2f} |", flush=True)
+    r = run("input_pipeline.py", [], os.path.join(out, "input_pipeline.json"))
+    print(f"\nInput pipeline: CIFAR-size {r['cifar_images_per_sec']:.0f} img/s "
+          f"({r['cifar_ratio']:.1f}x what resnet18 consumes at 32x32), ImageNet-size "
+          f"{r['imagenet_images_per_sec']:.0f} img/s ({r['imagenet_ratio']:.1f}x resnet18 at 224x224).")
+
+
+if __name__ == "__main__":
+    main()
