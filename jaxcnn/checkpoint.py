@@ -151,7 +151,9 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 3):
         self.directory = checkpoint_dir(workdir)
-        for partial in _partial_dirs(workdir):  # left by a process killed mid-save
+        # Left by a process killed mid-save. In a multi-process run all processes share the directory and
+        # process 0 cleans it (orbax likewise writes from process 0 and has the others wait at barriers).
+        for partial in _partial_dirs(workdir) if jax.process_index() == 0 else []:
             log.warning("removing partial checkpoint %s (its save never completed)", partial)
             shutil.rmtree(partial, ignore_errors=True)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([

@@ -18,12 +18,21 @@ updates (optax.apply_if_finite) and the loop counts and logs them.
 
 Logs: `<workdir>/metrics.jsonl` (one JSON object per logged step: step, split, loss, top1, top5, ...),
 TensorBoard summaries under `<workdir>/tensorboard`, and a progress line on stderr.
+
+Multi-process runs (after `jaxcnn.parallel.initialize_distributed`): every process runs this same loop on
+its own shard of the data (`config.batch_size` stays the global batch; each process reads
+batch_size / process_count examples a step) and takes part in every step, evaluation and checkpoint save or
+restore; the workdir must be one directory all processes see. Only process 0 writes metrics.jsonl,
+TensorBoard and the progress lines (the metrics are global already: the steps average them over all
+devices). SIGTERM goes to JAX's preemption service, which picks one step at which every process stops and
+saves; SIGINT stops at once without a checkpoint (processes cannot agree on a step for it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -80,6 +89,7 @@ def setup(config, workdir: str | Path) -> Setup:
     model's checkpoints (nothing is written). The checks that need no data run before tensorflow is imported,
     so these errors come quickly.
     """
+    check_same_config(config)
     spec = models.get_spec(config.model)
     image_shape = image_shape_for(config, spec)
     # The loss takes its class count from the logits, so the steps need no num_classes.
@@ -104,11 +114,35 @@ def setup(config, workdir: str | Path) -> Setup:
     return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver)
 
 
+def is_primary() -> bool:
+    """Whether this process writes the logs (process 0; the only one outside multi-process runs)."""
+    return jax.process_index() == 0
+
+
+def check_same_config(config) -> None:
+    """Refuse a multi-process run whose processes got different configs (flags): their batches, shapes or
+    step counts would disagree, silently or in a hang. `data_dir` may differ (a host-local copy)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    text = json.dumps({k: v for k, v in config.to_dict().items() if k != "data_dir"}, sort_keys=True, default=str)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+    differ = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
+    if differ:
+        raise ValueError(f"process {differ[0]} runs another config than process 0: give every process the "
+                         f"same flags")
+
+
 def make_pipeline(config, split: str, *, train: bool, image_shape, batch_size: int):
+    """This process's pipeline of `split` for the GLOBAL `batch_size`: it yields batch_size / process_count
+    examples a step from its own shard, and the driver assembles the processes' parts into the global batch."""
     from jaxcnn import data
 
+    local_batch = int(batch_size) // jax.process_count()  # setup() checked it divides over all devices
     return data.make_pipeline(
-        config.dataset, split, batch_size=batch_size, image_shape=tuple(image_shape), train=train,
+        config.dataset, split, batch_size=local_batch, image_shape=tuple(image_shape), train=train,
         seed=int(config.seed), augment=config.augment if train else None, normalize=config.normalize,
         data_dir=config.data_dir or None, process_index=jax.process_index(),
         process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer))
@@ -169,12 +203,22 @@ def merge_variables(fresh, loaded, keep_fresh=None):
 
 class MetricsLog:
     """metrics.jsonl + TensorBoard. On resume the JSON lines past the resumed step are dropped, so the
-    file reads as if the run had never stopped."""
+    file reads as if the run had never stopped.
 
-    def __init__(self, workdir: Path, resumed_step: int):
+    With `write=False` (processes other than 0) it only keeps the records in memory, for `best()`.
+    """
+
+    def __init__(self, workdir: Path, resumed_step: int, write: bool = True):
         self.path = workdir / "metrics.jsonl"
         self.records = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resumed_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self.write_files = write
+        if not write:
+            return
+        # Replaced in one rename: another process reading it meanwhile sees the old or the new lines, which
+        # agree up to `resumed_step`.
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        tmp.replace(self.path)
         self._file = self.path.open("a")
         import tensorflow as tf  # the data pipeline has imported it already
         from tensorflow.core.framework import summary_pb2
@@ -189,6 +233,8 @@ class MetricsLog:
     def write(self, step: int, split: str, **values) -> None:
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
         self.records.append(record)
+        if not self.write_files:
+            return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         with self._writer.as_default(step=int(step)):
@@ -207,8 +253,9 @@ class MetricsLog:
         return best["top1"], best["step"]
 
     def close(self) -> None:
-        self._file.close()
-        self._writer.close()
+        if self.write_files:
+            self._file.close()
+            self._writer.close()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -237,13 +284,16 @@ def _finite(v: Any) -> bool:
 
 
 class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
+    """A one-line progress bar on stderr (a line per update when stderr is not a terminal); silent with
+    `enabled=False` (processes other than 0)."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream = total, stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
 
     def update(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
         frac = min(step / max(self.total, 1), 1.0)
         bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
@@ -261,11 +311,28 @@ class Progress:
 
 
 class StopSignals:
-    """Turn SIGTERM/SIGINT into a flag the loop polls; a second SIGINT raises KeyboardInterrupt at once."""
+    """Turn SIGTERM/SIGINT into a flag the loop polls (`check(step)`) ; a second SIGINT raises
+    KeyboardInterrupt at once.
 
-    def __init__(self):
+    With `synchronized` (multi-process runs) it installs no handler: SIGTERM stays with JAX's preemption
+    notifier, and `check(step)` reports it at the step all processes agreed on
+    (`multihost_utils.reached_preemption_sync_point`), so that they stop and save together; SIGINT keeps
+    Python's KeyboardInterrupt.
+    """
+
+    def __init__(self, synchronized: bool = False):
         self.received: str | None = None
+        self.synchronized = synchronized
         self._previous: dict = {}
+
+    def check(self, step: int) -> str | None:
+        """The stop signal received (None to go on); call it once after every step."""
+        if self.synchronized and self.received is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.received = "SIGTERM"
+        return self.received
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -275,7 +342,7 @@ class StopSignals:
         log.warning("%s received: saving a checkpoint at the current step and stopping", name)
 
     def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        if not self.synchronized and threading.current_thread() is threading.main_thread():  # only there
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -358,15 +425,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     checkpoints = ckpt.Checkpoints(workdir, keep=config.keep_checkpoints)
     position = ckpt.Position()
     restored = checkpoints.restore_latest(state)
+    primary = is_primary()
     if restored is not None:
         state, position, _ = restored
-        print(f"resuming from step {int(state.step)} (epoch {position.epoch}, batch {position.batch})",
-              file=sys.stderr)
+        if primary:
+            print(f"resuming from step {int(state.step)} (epoch {position.epoch}, batch {position.batch})",
+                  file=sys.stderr)
     step = int(jax.device_get(state.step))
-    metrics_log = MetricsLog(workdir, resumed_step=step)
+    metrics_log = MetricsLog(workdir, resumed_step=step, write=primary)
     driver = s.driver
     device_state = driver.put_state(state)
-    progress = Progress(num_steps)
+    progress = Progress(num_steps, enabled=primary)
     skipped, window, window_start, last_eval = 0, [], step + 1, None
     tick, window_images = time.perf_counter(), 0
 
@@ -396,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return means
 
     interrupted = None
-    with StopSignals() as stop:
+    with StopSignals(synchronized=jax.process_count() > 1) as stop:
         try:
             stream = batches(train_data, position, steps_per_epoch)
             while step < num_steps and not stop.received:
@@ -408,7 +477,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 window.append(metrics)
                 window_images += int(config.batch_size)
                 is_last = step == num_steps
-                if step % config.log_every_steps == 0 or is_last or stop.received:
+                stopping = stop.check(step)  # every step: multi-process runs agree on the step to stop at
+                if step % config.log_every_steps == 0 or is_last or stopping:
                     flush_window()
                 if step % eval_every == 0 or is_last:
                     flush_window()
@@ -423,7 +493,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if stop.received:
                 interrupted = stop.received
                 save(position)
-                print(f"{interrupted}: saved a checkpoint at step {step}; rerun to resume", file=sys.stderr)
+                if primary:
+                    print(f"{interrupted}: saved a checkpoint at step {step}; rerun to resume", file=sys.stderr)
         finally:
             progress.close()
             metrics_log.close()
@@ -432,7 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     best = metrics_log.best()
     result = dict(best_top1=best[0] if best else None, best_step=best[1] if best else None, final_step=step,
                   validation=last_eval, skipped_nonfinite=skipped, interrupted=interrupted)
-    if best:
+    if best and primary:
         print(f"best validation top-1: {best[0]:.4f} at step {best[1]}")
     return result
 
@@ -453,6 +524,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     driver = s.driver
     result = run_eval(driver, driver.put_state(state), pipeline, config.eval_steps)
     result = dict(result, step=int(jax.device_get(state.step)), split=split, model=config.model)
+    if not is_primary():
+        return result
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
           f"({result['count']} images, step {result['step']})")

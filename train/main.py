@@ -5,6 +5,11 @@ The config is `--config=FILE` when given, else the recipe for --model (train/con
 default.py); `--config.FIELD=VALUE` overrides apply to either, and explicit flags override both.
 Bad input ends with one line on stderr and exit status 1 (a traceback only with --verbose).
 Exit status after a signal: 0 for SIGTERM (the checkpoint is saved; rerun to resume), 130 for SIGINT.
+
+Multi-process (one process per host, README "Multi-host training"): --distributed lets JAX detect the job
+(Cloud TPU pod slices, SLURM, Open MPI); elsewhere give every process --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I. A process that fails tells the others, and a process whose peer dies
+exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog).
 """
 
 import logging
@@ -37,6 +42,12 @@ flags.DEFINE_string("init_from", None, "saved variables to start from (python -m
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train, or evaluate the latest checkpoint")
 flags.DEFINE_string("split", None, "split for --mode=eval (default: config.eval_split)")
 flags.DEFINE_bool("list_models", False, "print the model names and exit")
+flags.DEFINE_bool("distributed", False, "multi-process run with the values JAX detects (Cloud TPU, SLURM)")
+flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0, the same for all")
+flags.DEFINE_integer("num_processes", None, "multi-process: how many processes (usually one per host)")
+flags.DEFINE_integer("process_id", None, "multi-process: this process's id in [0, num_processes)")
+flags.DEFINE_float("peer_timeout", 60.0, "multi-process: seconds without a heartbeat before a peer "
+                   "counts as dead (this process then exits with status 1)")
 flags.DEFINE_bool("verbose", False, "debug logs and full tracebacks")
 FLAGS = flags.FLAGS
 OVERRIDES = ("model", "dataset", "data_dir", "num_epochs", "num_train_steps", "batch_size", "learning_rate",
@@ -63,6 +74,47 @@ def build_config():
     return config
 
 
+def start_distributed():
+    """jax.distributed for --distributed or the explicit process flags (the peer watchdog), else None."""
+    from jaxcnn import parallel
+
+    values = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if not FLAGS.distributed and all(v is None for v in values):
+        return None
+    return parallel.initialize_distributed(*values, peer_timeout=FLAGS.peer_timeout)
+
+
+def first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def fail(e: BaseException, watchdog) -> int:
+    """One line on stderr (after the traceback, except for bad input and Ctrl-C without --verbose); exit
+    status 1 (130 after Ctrl-C).
+
+    A process of a multi-process run tells the others and leaves at once: JAX's exit handler would wait for
+    them at a barrier, and they are leaving too. A collective fails at once when a peer dies, so a runtime
+    error first gives the watchdog the time to find a dead peer (it then exits with a line naming it).
+    """
+    import traceback
+
+    import jax
+
+    bad_input = isinstance(e, (ValueError, FileNotFoundError))
+    if watchdog is not None and isinstance(e, jax.errors.JaxRuntimeError):
+        watchdog.grace()
+    interrupted = isinstance(e, KeyboardInterrupt)
+    if FLAGS.verbose or not (bad_input or interrupted):
+        traceback.print_exception(e)
+    message = first_line(e) if bad_input or not str(e).strip() else f"{type(e).__name__}: {first_line(e)}"
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if watchdog is None:
+        return 1
+    watchdog.finish(error=message)
+    sys.stdout.flush()
+    os._exit(130 if interrupted else 1)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -70,26 +122,30 @@ def main(argv):
     logging.getLogger().setLevel(logging.DEBUG if FLAGS.verbose else logging.ERROR)
     for ours in ("jaxcnn", "train"):
         logging.getLogger(ours).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
-    from jaxcnn import models
-
     if FLAGS.list_models:
+        from jaxcnn import models
+
         print("\n".join(models.list_models()))
         return 0
-    from train import loop
-
-    config = build_config()
-    workdir = FLAGS.workdir or os.path.join("workdir", config.model)
+    watchdog = None
     try:
+        watchdog = start_distributed()  # before anything touches a JAX backend
+        from train import loop
+
+        config = build_config()
+        workdir = FLAGS.workdir or os.path.join("workdir", config.model)
         if FLAGS.mode == "eval":
             loop.evaluate(config, workdir, FLAGS.split)
             return 0
         result = loop.train_and_evaluate(config, workdir)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
-        if FLAGS.verbose:
+        if FLAGS.verbose and watchdog is None:
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        return fail(e, watchdog)
+    except BaseException as e:  # a bug, a failed collective, Ctrl-C: the other processes must hear of it
+        if watchdog is None:
+            raise
+        return fail(e, watchdog)
     return 130 if result["interrupted"] == "SIGINT" else 0
 
 

@@ -34,10 +34,12 @@ Contract
     folders) by resizing the shorter side to H / crop_fraction and centre cropping (torchvision's 256 -> 224);
     grey -> RGB by tiling, RGB -> grey by tf.image.rgb_to_grayscale. normalize: 'dataset' (per-dataset
     mean/std, ImageNet's for folders and imagenette), 'imagenet' or 'none' (pixels in [0, 1]).
-  * Multi-host: example i goes to process i % process_count (`ds.shard` after the fixed source order), and
-    `batch_size` is the per-process batch; all processes run the same steps_per_epoch (train: the smallest
-    shard's full batches; eval: the largest shard's batches, padded). For tfds this reads every record on
-    every host and keeps 1/process_count of them: simple, and fine up to a few hosts.
+  * Multi-host: each process reads its own share of the split, and `batch_size` is the per-process batch;
+    all processes run the same steps_per_epoch (train: the smallest share's full batches; eval: the largest
+    share's batches, padded). tfds datasets: process p reads only the consecutive part p of the split
+    (`tfds.even_splits`, as `tfds.split_for_jax_process`), so no host reads another's records; embedded and
+    folder sources (in memory, or paths read after sharding): example i goes to process i % process_count
+    (`ds.shard` after the fixed source order). Shares differ in size by at most one example.
 
 TensorFlow is kept off GPUs (the accelerators belong to JAX): importing this package hides them from TF.
 """

@@ -46,7 +46,9 @@ class Source:
     """One split of one dataset before any per-example work.
 
     `examples()` yields (raw, label) in a fixed order; `decode(raw)` gives a uint8 [h, w, c] image.
-    `image_shape` has None where image sizes vary (ImageNet, folders).
+    `image_shape` has None where image sizes vary (ImageNet, folders). `read_part(index, count)`, when
+    given, reads only the consecutive part `index` of `count` (sized like `ds.shard`'s: the first
+    num_examples % count parts one larger) as (global index, (raw, label)).
     """
 
     examples: Callable[[], tf.data.Dataset]
@@ -56,6 +58,14 @@ class Source:
     image_shape: tuple[int | None, int | None, int]
     stats: str  # key of STATS used by normalize='dataset'
     skipped: tuple[str, ...] = ()  # corrupt files left out (folders)
+    read_part: Callable[[int, int], tf.data.Dataset] | None = None
+
+    def process_examples(self, index: int, count: int) -> tf.data.Dataset:
+        """(global index, (raw, label)) of process `index`'s share of `count`: its consecutive part when the
+        source can read just that, else every count-th example (`ds.shard`, which reads them all)."""
+        if count > 1 and self.read_part is not None:
+            return self.read_part(index, count)
+        return self.examples().enumerate().shard(count, index)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -131,12 +141,13 @@ def _tfds_source(name: str, split: str, data_dir: str | None, download: bool) ->
     features = builder.info.features
     shape = tuple(features["image"].shape)
 
-    def examples() -> tf.data.Dataset:
+    def read(split) -> tf.data.Dataset:
         # Encoded images travel through shuffle and skip; decoding happens in the parallel map.
-        ds = builder.as_dataset(
-            split=tfds_split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-        )
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
         return ds.map(lambda ex: (ex["image"], ex["label"]))
+
+    def examples() -> tf.data.Dataset:
+        return read(tfds_split)
 
     def decode(encoded: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(encoded, channels=shape[-1], expand_animations=False)
@@ -146,6 +157,14 @@ def _tfds_source(name: str, split: str, data_dir: str | None, download: bool) ->
         num_examples = builder.info.splits[tfds_split].num_examples
     else:  # no split metadata (tfds.testing.mock_data): count once
         num_examples = int(examples().reduce(0, lambda n, _: n + 1))
+
+    def read_part(index: int, count: int) -> tf.data.Dataset:
+        # A host reads only its part's records (tfds.even_splits, as tfds.split_for_jax_process does): with
+        # ds.shard every host of an ImageNet pod slice would read the whole dataset each epoch. The parts
+        # are consecutive, in order, sized like ds.shard's; the global index keeps augmentation host-agnostic.
+        start = index * (num_examples // count) + min(index, num_examples % count)
+        return read(tfds.even_splits(tfds_split, n=count)[index]).enumerate(start=start)
+
     return Source(
         examples=examples,
         decode=decode,
@@ -153,6 +172,7 @@ def _tfds_source(name: str, split: str, data_dir: str | None, download: bool) ->
         class_names=tuple(features["label"].names),
         image_shape=shape,
         stats=name if name in STATS else "imagenet",
+        read_part=read_part if builder.info.splits else None,  # mock_data ignores split slicing
     )
 
 
@@ -310,7 +330,7 @@ class Pipeline:
             raise ValueError(f"skip_batches {skip_batches} outside [0, {self.steps_per_epoch}]")
         total, start = self.steps_per_epoch * self.batch_size, skip_batches * self.batch_size
         # The global index is taken before sharding: an example's augmentation never depends on the host count.
-        ds = self.source.examples().enumerate().shard(self.process_count, self.process_index)
+        ds = self.source.process_examples(self.process_index, self.process_count)
         if self.train:
             buffer = max(1, min(self.shuffle_buffer, self.num_local_examples))
             ds = ds.shuffle(buffer, seed=_shuffle_seed(self.seed, epoch), reshuffle_each_iteration=False)
