@@ -28,6 +28,9 @@ from jax import lax
 # The tap slices are concatenated before the weight-gradient GEMM only when each carries enough channels
 # to copy in vector-width runs; thinner inputs (an RGB stem, LeNet's grey C1) keep XLA's own gradient.
 MIN_CHANNELS = 8
+# The patches are the input copied kh*kw times (3.7 GB for a VGG layer at 224x224 and batch 32): above this
+# size the weight gradient is summed over slices of the batch instead of built at once.
+PATCH_BYTES = 256 * 2**20
 
 
 def _resolve(lhs_shape, rhs_shape, window_strides, padding):
@@ -76,11 +79,26 @@ def _conv_fwd(x, w, strides, padding):
     return _forward(x, w, strides, padding), (x, w)
 
 
+def _batch_chunk(batch: int, bytes_per_example: int) -> int:
+    """The largest divisor of `batch` whose patches fit in PATCH_BYTES (at least 1)."""
+    return max([c for c in range(1, batch + 1) if batch % c == 0 and c * bytes_per_example <= PATCH_BYTES] or [1])
+
+
 def _weight_grad(x, w, dy, strides, padding):
     kh, kw, ci, co = w.shape
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    patches = jnp.concatenate(window_taps(xp, (kh, kw), strides, dy.shape[1:3]), axis=-1)
-    dw = patches.reshape(-1, kh * kw * ci).T @ dy.reshape(-1, co)
+
+    def grad(x, dy):
+        xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        patches = jnp.concatenate(window_taps(xp, (kh, kw), strides, dy.shape[1:3]), axis=-1)
+        return patches.reshape(-1, kh * kw * ci).T @ dy.reshape(-1, co)
+
+    n = x.shape[0]
+    chunk = _batch_chunk(n, dy[0].size // co * kh * kw * ci * x.dtype.itemsize)
+    if chunk == n:
+        dw = grad(x, dy)
+    else:  # a loop over slices of the batch, so that one slice's patches are alive at a time
+        dw = lax.map(lambda pair: grad(*pair), (x.reshape(n // chunk, chunk, *x.shape[1:]),
+                                                dy.reshape(n // chunk, chunk, *dy.shape[1:]))).sum(0)
     return dw.reshape(kh, kw, ci, co)
 
 

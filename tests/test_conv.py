@@ -43,6 +43,21 @@ def test_values_and_gradients_equal_lax(hw, ci, co, kernel, strides, padding):
         np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+def test_weight_gradient_summed_over_batch_slices_is_the_same(monkeypatch):
+    """Patches bigger than PATCH_BYTES are built a slice of the batch at a time: same gradient."""
+    x = jax.random.normal(jax.random.key(0), (6, 10, 10, 8))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 8, 4))
+
+    def weight_grad():
+        return jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(conv.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=NHWC)))))(w)
+
+    whole = weight_grad()
+    monkeypatch.setattr(conv, "PATCH_BYTES", 2 * 10 * 10 * 9 * 8 * 4)  # two images' patches: 3 slices
+    assert conv._batch_chunk(6, 10 * 10 * 9 * 8 * 4) == 2
+    np.testing.assert_allclose(weight_grad(), whole, rtol=1e-5, atol=1e-5)
+
+
 def test_other_cases_go_to_lax():
     x, w = jnp.ones((1, 8, 8, 8)), jnp.ones((3, 3, 4, 8))
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, feature_group_count=2)
