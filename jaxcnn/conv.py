@@ -10,7 +10,7 @@ convolution cost several times the forward pass (benchmarks/NOTES.md). Here the 
     dx = col2im(dy @ W^T)             strided: a GEMM, then each tap's slice added back in place
 
 Same sums as autodiff's, in another order: results agree with `lax.conv_general_dilated`'s gradients to
-fp32 rounding (tests/test_layers.py). Used only where it pays: NHWC/HWIO, no dilation, no feature groups, on
+fp32 rounding (tests/test_conv.py). Used only where it pays: NHWC/HWIO, no dilation, no feature groups, on
 the CPU backend; everything else goes to `lax.conv_general_dilated` unchanged. `Conv` is `nn.Conv` with
 this function plugged in: same parameters, same names, same checkpoints.
 """
@@ -112,8 +112,8 @@ def _input_grad(x, w, dy, strides, padding):
         # forward window never reached), against the flipped kernel with its channel axes swapped.
         pad = ((0, 0), (kh - 1 - pt, kh - 1 - pb + hp - kh + 1 - h), (kw - 1 - pl, kw - 1 - pr + wp - kw + 1 - wo),
                (0, 0))
-        return _forward(jnp.pad(dy, pad) if all(a >= 0 and b >= 0 for a, b in pad) else
-                        lax.pad(dy, jnp.zeros((), dy.dtype), [(a, b, 0) for a, b in pad]),
+        # lax.pad, not jnp.pad: a forward padding wider than k-1 makes a negative (cropping) pad.
+        return _forward(lax.pad(dy, jnp.zeros((), dy.dtype), [(a, b, 0) for a, b in pad]),
                         jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), ((0, 0), (0, 0)))
     columns = (dy.reshape(-1, co) @ w.reshape(-1, co).T).reshape(*dy.shape[:3], kh * kw, ci)
     dxp = sum(place_tap(columns[:, :, :, t], offset, strides, (hp, wp))
@@ -132,10 +132,9 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def uses_matmul_gradients(x_shape, w_shape, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                           feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
     """Whether `conv_general_dilated` takes the im2col gradient path for these arguments."""
-    ones = (None, (1, 1))
     return (jax.default_backend() == "cpu" and _is_nhwc(dimension_numbers, len(x_shape))
             and feature_group_count == 1 and batch_group_count == 1
-            and tuple(lhs_dilation or (1, 1)) in ones[1:] and tuple(rhs_dilation or (1, 1)) in ones[1:]
+            and tuple(lhs_dilation or (1, 1)) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
             and w_shape[2] >= MIN_CHANNELS)
 
 

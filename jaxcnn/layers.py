@@ -130,7 +130,7 @@ def _max_pool_bwd(window, strides, pads, residuals, dy):
     """Each output's gradient goes to the first maximum of its window in row-major order, as in torch.
 
     Autodiff of reduce_window would do the same through select-and-scatter, which XLA:CPU runs as a
-    reduce-window carrying argmax indices: 7% of a ResNet-18 step (benchmarks/NOTES.md). Written per tap,
+    reduce-window carrying argmax indices: 3-7% of a ResNet-18 step (benchmarks/NOTES.md). Written per tap,
     the backward pass is compares, selects and pads that fuse into a few loops.
     """
     (x,) = residuals
