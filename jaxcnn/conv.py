@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# The tap slices are concatenated before the weight-gradient GEMM only when each carries enough channels
-# to copy in vector-width runs; thinner inputs (an RGB stem, LeNet's grey C1) keep XLA's own gradient.
-MIN_CHANNELS = 8
+# Inputs with fewer channels keep XLA's own gradient: for a grey image (LeNet's C1) the concatenated patches
+# are single scalars and cost more than XLA's convolution. From RGB up the GEMM wins (a 7x7 stride-2 RGB stem's
+# weight gradient: 730 -> 413 ms; resnet18's step 1.09x; benchmarks/NOTES.md).
+MIN_CHANNELS = 3
 # The patches are the input copied kh*kw times (3.7 GB for a VGG layer at 224x224 and batch 32): above this
 # size the weight gradient is summed over slices of the batch instead of built at once.
 PATCH_BYTES = 256 * 2**20

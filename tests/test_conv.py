@@ -21,6 +21,8 @@ CASES = [  # (input HW, in channels, out channels, kernel HW, strides, padding)
     ((13, 12), 12, 7, (5, 3), (3, 2), ((2, 1), (0, 2))),  # uneven everything
     ((7, 7), 8, 3, (1, 1), (2, 2), ((0, 0), (0, 0))),    # the 1x1 stride-2 shortcut
     ((11, 11), 8, 4, (7, 7), (2, 2), ((3, 3), (3, 3))),  # a stem-like 7x7
+    ((13, 11), 3, 4, (7, 7), (2, 2), ((3, 3), (3, 3))),  # the RGB stem of ResNet and GoogLeNet
+    ((19, 19), 3, 5, (11, 11), (4, 4), ((2, 2), (2, 2))),  # AlexNet's RGB stem
 ]
 
 
@@ -62,7 +64,7 @@ def test_other_cases_go_to_lax():
     x, w = jnp.ones((1, 8, 8, 8)), jnp.ones((3, 3, 4, 8))
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, feature_group_count=2)
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, rhs_dilation=(2, 2))
-    assert not conv.uses_matmul_gradients((1, 8, 8, 3), (7, 7, 3, 8), dimension_numbers=NHWC)  # thin input
+    assert not conv.uses_matmul_gradients((1, 8, 8, 1), (5, 5, 1, 6), dimension_numbers=NHWC)  # a grey input
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=("NCHW", "OIHW", "NCHW"))
     grouped = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)
     np.testing.assert_array_equal(grouped, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
