@@ -15,6 +15,11 @@ import functools
 import statistics
 import time
 
+from jaxcnn import hugepages
+
+if __name__ == "__main__":
+    hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

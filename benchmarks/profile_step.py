@@ -16,6 +16,11 @@ import re
 import tempfile
 from pathlib import Path
 
+from jaxcnn import hugepages
+
+if __name__ == "__main__":
+    hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
+
 import jax
 import numpy as np
 from jax.profiler import ProfileData
@@ -31,7 +36,7 @@ except ImportError:  # run as a script from benchmarks/
 def op_shapes(hlo_text: str) -> dict[str, str]:
     """Instruction name -> the shape it writes, from the optimized HLO's text."""
     return {m.group(1): m.group(2) for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[^}]*\})? ",
-                                                        hlo_text, re.M)}
+                                                        hlo_text, re.MULTILINE)}
 
 
 def thread_times(trace_dir: str) -> collections.Counter:

@@ -17,6 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from jaxcnn import hugepages
+
+if __name__ == "__main__":
+    hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
+
 from absl import app, flags
 from ml_collections import config_flags
 
