@@ -44,7 +44,9 @@ def main(argv=None) -> None:
     out = args.json_dir or tempfile.mkdtemp()
     os.makedirs(out, exist_ok=True)
 
-    print(f"{cpu_name()}, {os.cpu_count()} cores, fp32, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+    huge_pages = "off" if os.environ.get("JAXCNN_NO_HUGE_PAGES") else "on"  # each run re-execs (jaxcnn/hugepages.py)
+    print(f"{cpu_name()}, {os.cpu_count()} cores, fp32, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+          f"huge pages {huge_pages}\n")
     print("| model | batch @ size | ours img/s | torch img/s | ours / torch | compile s | peak RSS MB "
           "| RSS / bound | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
