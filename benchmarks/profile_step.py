@@ -22,15 +22,12 @@ if __name__ == "__main__":
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
 
 import jax
-import numpy as np
 from jax.profiler import ProfileData
 
-from jaxcnn.models import get_spec
-
 try:
-    from benchmarks.train_step import DEFAULTS, compile_step
+    from benchmarks.train_step import compile_step, random_batch
 except ImportError:  # run as a script from benchmarks/
-    from train_step import DEFAULTS, compile_step
+    from train_step import compile_step, random_batch
 
 
 def op_shapes(hlo_text: str) -> dict[str, str]:
@@ -59,12 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
 
-    spec = get_spec(args.model)
-    batch_size, size = DEFAULTS.get(args.model, (32, 224))
-    batch_size, size = args.batch_size or batch_size, args.image_size or size
-    rng = np.random.default_rng(0)
-    batch = jax.device_put({"image": rng.standard_normal((batch_size, size, size, spec.input_shape[2]), np.float32),
-                            "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)})
+    batch = jax.device_put(random_batch(args.model, args.batch_size, args.image_size))
     compiled, _, state, _ = compile_step(args.model, batch)
     shapes = op_shapes(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:

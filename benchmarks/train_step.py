@@ -61,6 +61,16 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def random_batch(model_name: str, batch_size: int | None = None, image_size: int | None = None) -> dict:
+    """A fixed random batch of the model's input shape (DEFAULTS, else 32 at 224x224, unless given)."""
+    spec = get_spec(model_name)
+    default_batch, default_size = DEFAULTS.get(model_name, (32, 224))
+    batch_size, size = batch_size or default_batch, image_size or default_size
+    rng = np.random.default_rng(0)
+    return {"image": rng.standard_normal((batch_size, size, size, spec.input_shape[2]), np.float32),
+            "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)}
+
+
 def compile_step(model_name: str, batch: dict, dtype: str = "float32"):
     """Our train step for `model_name`, jitted with the state donated as in the trainer, and compiled for
     `batch`; runs it once. Returns (compiled step, model, state after that step, seconds to compile and run it)."""
@@ -169,12 +179,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
 
-    spec = get_spec(args.model)
-    batch_size, size = DEFAULTS.get(args.model, (32, 224))
-    batch_size, size = args.batch_size or batch_size, args.image_size or size
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.standard_normal((batch_size, size, size, spec.input_shape[2]), np.float32),
-             "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)}
+    batch = random_batch(args.model, args.batch_size, args.image_size)
+    batch_size, size = batch["image"].shape[:2]
 
     baseline_rss = peak_rss_mb()  # the interpreter, jax and our imports, before any model exists
     ours = bench_ours(args.model, batch, args.steps, args.dtype)

@@ -31,11 +31,19 @@ def supported() -> bool:
     return sys.platform == "linux" and platform.libc_ver()[0] == "glibc" and "[never]" not in mode
 
 
+def runs_as_invoked() -> bool:
+    """This process is the program its command line names: not an IPython/Jupyter kernel that `%run` a
+    script (re-running the kernel's own command line would replace the kernel)."""
+    args = sys.argv[1:]
+    return "IPython" not in sys.modules and sys.orig_argv[len(sys.orig_argv) - len(args):] == args
+
+
 def reexec_with_huge_pages() -> None:
     """Replace this process by itself with GLIBC_TUNABLES asking for huge pages, unless that is already
-    the case, the user opted out, or the platform cannot do it. Call before jax is imported."""
+    the case, the user opted out, the platform cannot do it, or the process is not its own command line.
+    Call before jax is imported."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables or os.environ.get(OPT_OUT) or not supported():
+    if TUNABLE in tunables or os.environ.get(OPT_OUT) or not supported() or not runs_as_invoked():
         return
     env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, TUNABLE])))
     sys.stdout.flush()

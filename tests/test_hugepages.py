@@ -46,3 +46,11 @@ def test_existing_tunables_are_kept_and_opt_out_respected():
     assert tunables == "None"
     if "[madvise]" in hugepages.THP_MODE.read_text():
         assert int(huge_kb) < 16 * 1024, huge_kb  # 4 KiB pages: no 2 MiB page for the block
+
+
+def test_a_kernel_running_the_script_is_not_replaced():
+    """Under IPython (a notebook's `%run -m train.main`) the process stays as it is, with 4 KiB pages."""
+    program = "import sys, types; sys.modules['IPython'] = types.ModuleType('IPython')\n" + PROGRAM
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT)}
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1] == "None"
