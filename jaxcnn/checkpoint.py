@@ -37,6 +37,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from jaxcnn.errors import typed_first_line
+
 log = logging.getLogger(__name__)
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -112,7 +114,7 @@ def read_metadata(workdir: str | Path) -> tuple[int, dict] | None:
             return step, dict(item.metadata)
         except Exception as e:  # noqa: BLE001 - a broken checkpoint is skipped, not fatal (warned)
             log.warning("checkpoint %s: unreadable metadata (%s); looking at an older one",
-                        checkpoint_dir(workdir) / str(step), _first_line(e))
+                        checkpoint_dir(workdir) / str(step), typed_first_line(e))
     return None
 
 
@@ -136,11 +138,6 @@ def _norm(v: Any) -> Any:
 def _describe(m: Mapping) -> str:
     shape = "x".join(str(s) for s in m.get("image_shape", ()))
     return f"{m.get('model')!r} ({m.get('num_classes')} classes, {shape} input)"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 # ------------------------------------------------------------------------------ training checkpoints
@@ -197,7 +194,8 @@ class Checkpoints:
                     state=target, position=ocp.args.JsonRestore(), metadata=ocp.args.JsonRestore()))
                 state = tree_to_state(target_state, restored.state)
             except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
-                log.warning("skipping corrupt checkpoint %s (%s)", self.directory / str(step), _first_line(e))
+                log.warning("skipping corrupt checkpoint %s (%s)", self.directory / str(step),
+                            typed_first_line(e))
                 continue
             return state, Position(**restored.position), dict(restored.metadata)
         return None
@@ -239,7 +237,7 @@ def restore_variables(workdir: str | Path) -> tuple[dict, dict, int] | None:
         try:
             restored = _read_item(step_dir, state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
         except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
-            log.warning("skipping corrupt checkpoint %s (%s)", step_dir, _first_line(e))
+            log.warning("skipping corrupt checkpoint %s (%s)", step_dir, typed_first_line(e))
             continue
         state = restored.state
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}

@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcnn.errors import first_line
 from jaxcnn.training import update_plateau
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
             raise DistributedError("--distributed: found no cluster to join (Cloud TPU, SLURM, Open MPI); "
                                    "pass --coordinator_address, --num_processes and --process_id") from e
         where = f" at {coordinator_address}" if coordinator_address else ""
-        raise DistributedError(f"could not start the distributed runtime{where}: {_first_line(e)}") from e
+        raise DistributedError(f"could not start the distributed runtime{where}: {first_line(e)}") from e
     if jax.process_count() == 1:
         return None
     from jax._src import distributed  # the coordination service's client (orbax reaches it the same way)
@@ -122,11 +123,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     # Runs before JAX's own exit handler (registered earlier), which waits for every process at a barrier.
     atexit.register(watchdog.finish)
     return watchdog
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 class PeerWatchdog:
@@ -173,7 +169,7 @@ class PeerWatchdog:
         try:
             self.client.key_value_set(self._key(self.process_id), status, allow_overwrite=True)
         except Exception as e:  # noqa: BLE001 - the coordinator may be gone already: nobody left to tell
-            log.debug("could not tell the other processes (%s)", _first_line(e))
+            log.debug("could not tell the other processes (%s)", first_line(e))
 
     def _let_others_leave_first(self) -> None:
         """On process 0, before it exits early: wait until every live peer has posted its last word (they
@@ -212,7 +208,7 @@ class PeerWatchdog:
                 beats = dict(self.client.key_value_dir_get(self.PREFIX))
             except Exception as e:  # noqa: BLE001 - any failure here means the service (process 0) is gone
                 if not self._stop.is_set():
-                    self._exit(f"lost the coordinator (process 0 of {self.num_processes}): {_first_line(e)}")
+                    self._exit(f"lost the coordinator (process 0 of {self.num_processes}): {first_line(e)}")
                 return
             now = time.monotonic()
             for peer in sorted(watched):

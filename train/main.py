@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from jaxcnn import hugepages
+from jaxcnn.errors import first_line, typed_first_line
 
 if __name__ == "__main__":
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
@@ -89,10 +90,6 @@ def start_distributed():
     return parallel.initialize_distributed(*values, peer_timeout=FLAGS.peer_timeout)
 
 
-def first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def fail(e: BaseException, watchdog) -> int:
     """One line on stderr (after the traceback, except for bad input and Ctrl-C without --verbose); exit
     status 1 (130 after Ctrl-C).
@@ -111,7 +108,7 @@ def fail(e: BaseException, watchdog) -> int:
     interrupted = isinstance(e, KeyboardInterrupt)
     if FLAGS.verbose or not (bad_input or interrupted):
         traceback.print_exception(e)
-    message = first_line(e) if bad_input or not str(e).strip() else f"{type(e).__name__}: {first_line(e)}"
+    message = first_line(e, limit=1000) if bad_input else typed_first_line(e, limit=1000)
     print(f"error: {message}", file=sys.stderr, flush=True)
     if watchdog is None:
         return 1

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from jaxcnn.data import augment as aug
 from jaxcnn.data import embedded, folder
+from jaxcnn.errors import typed_first_line
 
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "imagenet2012")
 HOLDOUT = ("train[:90%]", "train[90%:]")  # 'train' / 'validation' of tfds datasets without a validation split
@@ -117,8 +118,7 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except (OSError, AssertionError, tfds.download.DownloadError) as e:  # network errors are OSErrors
-        first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise DatasetUnavailable(f"{needs} ({type(e).__name__}: {first_line})") from e
+        raise DatasetUnavailable(f"{needs} ({typed_first_line(e, limit=200)})") from e
     return builder
 
 
