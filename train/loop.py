@@ -160,7 +160,9 @@ def initial_state(s: Setup, steps_per_epoch: int):
     if not config.init_from:
         return training.create_train_state(s.model, config, rng, s.image_shape, steps_per_epoch,
                                            trainable=trainable)
-    loaded, meta = ckpt.load_variables(config.init_from)
+    from jaxcnn import pretrained
+
+    loaded, meta = pretrained.load_init(config.init_from, config.model)
     if meta.get("num_classes") != s.num_classes and not config.reinit_head:
         raise ValueError(f"--init_from {config.init_from} has {meta.get('num_classes')} classes, this run "
                          f"{s.num_classes}: pass --config.reinit_head=True for a fresh classifier head")
@@ -509,7 +511,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str | None = None) -> dict:
-    """Evaluate the newest checkpoint in `workdir` on `split`; writes `<workdir>/eval_<split>.json`."""
+    """Evaluate the newest checkpoint in `workdir` (none there: the `config.init_from` weights) on `split`;
+    writes `<workdir>/eval_<split>.json`."""
     workdir = Path(workdir).absolute()
     split = split or config.eval_split
     s = setup(config, workdir)
@@ -518,6 +521,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
                                         max(int(pipeline.steps_per_epoch), 1))
     restored = ckpt.restore_latest(workdir, state) if ckpt.list_steps(workdir) else None
+    if restored is None and config.init_from:  # evaluate the --init_from weights themselves
+        restored = (initial_state(s, max(int(pipeline.steps_per_epoch), 1)),)
     if restored is None:
         raise TrainingError(f"no checkpoint to evaluate in {ckpt.checkpoint_dir(workdir)}")
     state = restored[0]
@@ -526,6 +531,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     result = dict(result, step=int(jax.device_get(state.step)), split=split, model=config.model)
     if not is_primary():
         return result
+    workdir.mkdir(parents=True, exist_ok=True)  # a fresh workdir when evaluating --init_from weights
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
           f"({result['count']} images, step {result['step']})")

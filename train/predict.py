@@ -1,5 +1,8 @@
 """`python -m train.predict --workdir=DIR IMAGE...`: the top-5 classes of image files under a trained model.
 
+`python -m train.predict --model=resnet50 --init_from=torchvision photo.jpg` does the same with published
+ImageNet weights (jaxcnn.pretrained): ImageNet class names, and torchvision's eval transform (jaxcnn.imagenet).
+
 The model, class count and input shape come from the workdir's newest checkpoint (its metadata); images go
 through the same steps as the training data (`jaxcnn.data`: channels, size, normalization), so the model
 sees what it saw in training. Class names come from the run's dataset. Output, per image:
@@ -22,6 +25,7 @@ import dataclasses
 import functools
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,14 +66,28 @@ def restore_run(workdir: str | Path, split: str | None = None) -> Run:
     (train/configs), so a run with such overrides should record them in its checkpoint metadata.
     """
     from jaxcnn import checkpoint as ckpt
-    from jaxcnn import models
-    from jaxcnn.data.pipeline import make_source
-    from train.configs import recipe_for
 
     restored = ckpt.restore_variables(workdir)
     if restored is None:
         raise ValueError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)} (train first: python -m train.main)")
-    variables, metadata, step = restored
+    return build_run(*restored, split)
+
+
+def pretrained_run(init_from: str, model_name: str) -> Run:
+    """A Run of `--init_from` variables (torchvision, keras, a .pth/.h5 file or saved variables) for `model_name`."""
+    from jaxcnn import pretrained
+
+    variables, metadata = pretrained.load_init(init_from, model_name)
+    return build_run(variables, metadata, 0)
+
+
+def build_run(variables: dict, metadata: dict, step: int, split: str | None = None) -> Run:
+    """A Run of variables and their metadata; published ImageNet weights (metadata 'preprocessing') get the
+    ImageNet class names and torchvision's eval transform instead of a dataset pipeline."""
+    from jaxcnn import imagenet, models
+    from jaxcnn.data.pipeline import make_source
+    from train.configs import recipe_for
+
     config = recipe_for(metadata["model"])
     config.dataset = metadata.get("dataset", config.dataset)
     config.num_classes = int(metadata["num_classes"])
@@ -79,6 +97,11 @@ def restore_run(workdir: str | Path, split: str | None = None) -> Run:
             config[field] = metadata[field]
     model = models.get_model(metadata["model"], num_classes=int(metadata["num_classes"]),
                              **dict(metadata.get("model_kwargs", config.model_kwargs)))
+    if "preprocessing" in metadata:
+        names = imagenet.class_names() if config.num_classes == len(imagenet.class_names()) else ()
+        source = types.SimpleNamespace(class_names=names or tuple(map(str, range(config.num_classes))),
+                                       image_shape=tuple(metadata["image_shape"]))
+        return Run(model, variables, metadata, step, config, source)
     source = make_source(config.dataset, split or config.eval_split, data_dir=config.data_dir or None,
                          download=False)
     if len(source.class_names) != config.num_classes:  # a run with its own class count: names are numbers
@@ -113,6 +136,10 @@ def prepare_image(pixels: np.ndarray, run: Run) -> np.ndarray:
     channel matching, fitting to the model's size (28 -> 32 padding for LeNet-5 1998; centre crop for
     datasets of varying size, as in evaluation) and the run's normalization.
     """
+    if "preprocessing" in run.metadata:  # published ImageNet weights: their publisher's transform
+        from jaxcnn import imagenet
+
+        return imagenet.eval_transform(pixels, **run.metadata["preprocessing"])
     import tensorflow as tf
 
     from jaxcnn.data import pipeline as data
@@ -158,10 +185,16 @@ def format_prediction(path: str, ranked: Sequence[tuple[int, float]], class_name
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used)")
+    parser.add_argument("--workdir", help="a training workdir (its newest checkpoint is used)")
+    parser.add_argument("--init_from", help="instead of --workdir: torchvision, keras, a .pth/.h5 file or saved "
+                        "variables (with --model)")
+    parser.add_argument("--model", help="the model of --init_from")
     parser.add_argument("--top", type=int, default=TOP_K, help="classes to print per image")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.workdir) == bool(args.init_from) or bool(args.init_from) != bool(args.model):
+        parser.error("give --workdir, or --init_from with --model")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Every image is read before the model: a bad file fails in a second, not after the restore.
         pixels = [read_image(path) for path in args.images]
-        run = restore_run(args.workdir)
+        run = pretrained_run(args.init_from, args.model) if args.init_from else restore_run(args.workdir)
         images = np.stack([prepare_image(p, run) for p in pixels])
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)

@@ -46,16 +46,22 @@ def predictions(run, split: str, batch_size: int = 256, max_batches: int = -1) -
 
 
 def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[str] | None = None,
-              split: str = "validation", max_batches: int = -1) -> dict[str, Path]:
+              split: str = "validation", max_batches: int = -1, init_from: str | None = None,
+              model: str | None = None) -> dict[str, Path]:
     """Write filters.png, feature_maps.png, curves.png (when metrics.jsonl exists) and confusion.png into
-    `workdir`; returns {name: path}."""
+    `workdir`; returns {name: path}. With `init_from` (and `model`) the pictures are of those variables;
+    published ImageNet weights have no dataset here, so they need `image` and get no confusion matrix."""
     from jaxcnn import viz
-    from train.predict import prepare_image, read_image, restore_run
+    from train.predict import prepare_image, pretrained_run, read_image, restore_run
 
     workdir = Path(workdir)
     pixels = read_image(image) if image else None  # a bad file fails before the restore
-    run = restore_run(workdir, split)
-    labels, preds, first = predictions(run, split, max_batches=max_batches)
+    run = pretrained_run(init_from, model) if init_from else restore_run(workdir, split)
+    imagenet_only = "preprocessing" in run.metadata
+    if imagenet_only and pixels is None:
+        raise ValueError(f"--init_from={init_from} has no dataset here: give --image=FILE for the feature maps")
+    labels, preds, first = predictions(run, split, max_batches=max_batches) if not imagenet_only else (None,) * 3
+    workdir.mkdir(parents=True, exist_ok=True)
     example = prepare_image(pixels, run) if pixels is not None else first
     layers = list(layers) if layers else viz.default_layers(run.model, run.image_shape)
 
@@ -67,13 +73,18 @@ def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[st
         paths["curves"] = viz.training_curves(workdir / "metrics.jsonl", workdir / "curves.png")
     else:
         print(f"no {workdir / 'metrics.jsonl'}: curves.png not written", file=sys.stderr)
-    paths["confusion"] = viz.confusion_matrix(labels, preds, run.class_names, workdir / "confusion.png")
+    if labels is not None:
+        paths["confusion"] = viz.confusion_matrix(labels, preds, run.class_names,
+                                                  workdir / "confusion.png")
     return paths
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.visualize", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used)")
+    parser.add_argument("--init_from", help="torchvision, keras, a .pth/.h5 file or saved variables (with "
+                        "--model): pictures of those weights, written into --workdir")
+    parser.add_argument("--model", help="the model of --init_from")
     parser.add_argument("--image", help="image file for the feature maps (default: the first validation image)")
     parser.add_argument("--layers", default="", help="comma-separated module paths, e.g. c1,c3 or layer1_0/conv1")
     parser.add_argument("--split", default="validation", help="split for the confusion matrix")
@@ -85,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     try:
-        paths = visualize(args.workdir, args.image, layers, args.split, args.eval_batches)
+        if bool(args.init_from) != bool(args.model):
+            raise ValueError("--init_from needs --model (and --model needs --init_from)")
+        paths = visualize(args.workdir, args.image, layers, args.split, args.eval_batches, args.init_from,
+                          args.model)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 1
