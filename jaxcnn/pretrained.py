@@ -278,15 +278,16 @@ def load(name: str, source: str = "torchvision", weights: str | None = None, *,
 def load_init(init_from: str, model_name: str) -> tuple[dict, dict]:
     """(variables, metadata) for the training program's `--init_from`.
 
-    'torchvision' / 'keras': the published weights of `model_name`; a .pth / .pt file: a torchvision
-    state_dict, a .h5 file: Keras weights (both converted on the fly, not cached); anything else: a directory
-    of `jaxcnn.checkpoint.save_variables` (python -m jaxcnn.convert).
+    'torchvision' / 'keras' (or 'torchvision:IMAGENET1K_V1'...): the published weights of `model_name`;
+    a .pth / .pt file: a torchvision state_dict, a .h5 file: Keras weights (both converted on the fly, not
+    cached); anything else: a directory of `jaxcnn.checkpoint.save_variables` (python -m jaxcnn.convert).
     """
     from jaxcnn import checkpoint
     from jaxcnn.models import get_spec
 
-    if init_from in SOURCES:
-        return load_variables(model_name, init_from)
+    source, _, tag = init_from.partition(":")  # 'torchvision:IMAGENET1K_V1' picks a non-default file
+    if source in SOURCES:
+        return load_variables(model_name, source, tag or None)
     suffix = Path(init_from).suffix
     if suffix not in (".pth", ".pt", ".h5"):
         return checkpoint.load_variables(init_from)

@@ -418,7 +418,8 @@ def test_train_and_eval_cli_start_from_published_weights(tv_file, monkeypatch, t
     torch_model, data, name = tv_file
     (tmp_path / "resnet18.pth").write_bytes(data)
     dataset = f"folder:{write_folder(tmp_path / 'pets')}"
-    common = ["--model=resnet18", f"--dataset={dataset}", "--config.image_size=32", "--batch_size=8"]
+    common = ["--model=resnet18", f"--dataset={dataset}", "--config.image_size=32", "--batch_size=8",
+              "--config.eval_batch_size=8"]
     train = run_module("train.main", *common, f"--init_from={tmp_path / 'resnet18.pth'}", "--num_train_steps=1",
                        "--config.reinit_head=True", "--config.freeze_backbone=True", "--config.eval_steps=1",
                        f"--workdir={tmp_path / 'run'}", env=dict(os.environ))
