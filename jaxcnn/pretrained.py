@@ -254,7 +254,11 @@ def load_variables(name: str, source: str = "torchvision", weights: str | None =
                 "image_shape": image_shape, "source": f"{source}:{w.filename}",
                 "weights": w.weights, "preprocessing": w.preprocessing, "model_kwargs": model_kwargs(variables)}
     cached.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_variables(cached, variables, metadata)  # orbax writes a temporary directory, then renames
+    try:  # orbax writes a temporary directory, then renames it: a reader never sees half a copy
+        checkpoint.save_variables(cached, variables, metadata)
+    except (ValueError, OSError):
+        if not cached.is_dir():  # not another process that converted the same file meanwhile
+            raise
     return checkpoint.load_variables(cached)
 
 

@@ -389,6 +389,14 @@ def test_predict_prints_torchvisions_top5_by_name(server, tv_file, monkeypatch, 
     assert server.requests == [f"/models/{name}"]
 
 
+def test_predict_refuses_a_model_without_weights_in_one_line(photos, capsys):
+    from train import predict
+
+    assert predict.main(["--model=lenet5", "--init_from=torchvision", str(photos[0])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: no torchvision weights for 'lenet5'; torchvision publishes: ")
+
+
 # -------------------------------------------------------------------------------------- the CLI
 
 

@@ -85,7 +85,6 @@ def build_run(variables: dict, metadata: dict, step: int, split: str | None = No
     """A Run of variables and their metadata; published ImageNet weights (metadata 'preprocessing') get the
     ImageNet class names and torchvision's eval transform instead of a dataset pipeline."""
     from jaxcnn import imagenet, models
-    from jaxcnn.data.pipeline import make_source
     from train.configs import recipe_for
 
     config = recipe_for(metadata["model"])
@@ -102,6 +101,8 @@ def build_run(variables: dict, metadata: dict, step: int, split: str | None = No
         source = types.SimpleNamespace(class_names=names or tuple(map(str, range(config.num_classes))),
                                        image_shape=tuple(metadata["image_shape"]))
         return Run(model, variables, metadata, step, config, source)
+    from jaxcnn.data.pipeline import make_source  # tensorflow: only for runs that read a dataset
+
     source = make_source(config.dataset, split or config.eval_split, data_dir=config.data_dir or None,
                          download=False)
     if len(source.class_names) != config.num_classes:  # a run with its own class count: names are numbers
