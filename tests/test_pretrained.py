@@ -397,6 +397,27 @@ def test_predict_refuses_a_model_without_weights_in_one_line(photos, capsys):
     assert "\n" not in err and err.startswith("error: no torchvision weights for 'lenet5'; torchvision publishes: ")
 
 
+def test_visualize_pictures_published_weights(tv_file, photos, tmp_path, capsys):
+    """`train.visualize --init_from=FILE.pth --model=resnet18 --image=...`: filters are torchvision's conv1
+    (64 kernels), feature maps of the photo; no dataset here, so no confusion matrix; without --image, one line."""
+    from jaxcnn import viz
+    from train import predict, visualize
+
+    torch_model, data, _ = tv_file
+    (tmp_path / "mine.pth").write_bytes(data)
+    args = ["--model=resnet18", f"--init_from={tmp_path / 'mine.pth'}", f"--workdir={tmp_path / 'pics'}"]
+    assert visualize.main([*args, f"--image={photos[0]}", "--layers=conv1,layer1_0"]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "pics" / n) for n in ("filters.png",
+                                                                                     "feature_maps.png")]
+    assert Image.open(tmp_path / "pics" / "filters.png").size == (8 * viz.FILTER_CELL, 8 * viz.FILTER_CELL)
+    run = predict.pretrained_run(str(tmp_path / "mine.pth"), "resnet18")
+    _, kernel = viz.first_conv_kernel(run.model, run.variables, run.image_shape)
+    assert np.array_equal(kernel, torch_model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
+    assert visualize.main(args) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --init_from={tmp_path / 'mine.pth'} has no dataset here: "
+                                               "give --image=FILE for the feature maps")
+
+
 # -------------------------------------------------------------------------------------- the CLI
 
 
