@@ -218,8 +218,17 @@ def convert_file(model_name: str, path: str | Path, source: str) -> dict:
                                   f"pip install 'jaxcnn[torch]'") from None
         from jaxcnn.convert.__main__ import load_torch_state_dict
 
-        return convert.torchvision_to_flax(model_name, load_torch_state_dict(str(path)))
+        return convert.torchvision_to_flax(model_name, current_keys(load_torch_state_dict(str(path))))
     return convert.keras_to_flax(model_name, str(path))
+
+
+def current_keys(state_dict: dict) -> dict:
+    """The published DenseNet files predate torchvision's renaming of 'denselayerN.norm.1' to 'norm1' (and
+    'conv.2' to 'conv2'...), which torchvision undoes when it loads them; so do we."""
+    import re
+
+    return {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.", r"\1\2.", key): value
+            for key, value in state_dict.items()}
 
 
 def model_kwargs(variables: dict) -> dict:

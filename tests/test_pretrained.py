@@ -321,6 +321,19 @@ def test_load_init_reads_pth_and_h5_files(tv_file, tmp_path):
         pretrained.load_init(str(tmp_path / "missing.h5"), "vgg16")
 
 
+def test_densenet_files_with_the_old_key_names_convert(tmp_path):
+    """torchvision's published densenet*.pth say 'denselayer1.norm.1.weight' where the model says 'norm1'."""
+    torch.manual_seed(0)
+    state = torchvision.models.densenet121(weights=None).state_dict()
+    old = {re.sub(r"(denselayer\d+\.)(norm|relu|conv)([12])\.", r"\1\2.\3.", k): v for k, v in state.items()}
+    assert sum(k != j for k, j in zip(state, old)) == 58 * (2 * 5 + 2)  # 58 layers: 2 BNs x 5 entries, 2 convs x 1
+    torch.save(old, tmp_path / "densenet121-old.pth")
+    variables, _ = pretrained.load_init(str(tmp_path / "densenet121-old.pth"), "densenet121")
+    expected = torchvision_to_flax("densenet121", state)
+    assert jax.tree.structure(variables) == jax.tree.structure(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)))
+
+
 # ------------------------------------------------------------------------------- preprocessing
 
 
