@@ -26,6 +26,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from jaxcnn import checkpoint, imagenet, pretrained  # noqa: E402
 from jaxcnn.convert import torchvision_to_flax  # noqa: E402
+from test_checkpoint import compilation_cache  # noqa: E402,F401  (autouse: one XLA cache for the CLI runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -450,9 +451,10 @@ def run_module(module: str, *args: str, env=None) -> subprocess.CompletedProcess
 
 
 def test_train_and_eval_cli_start_from_published_weights(tv_file, monkeypatch, tmp_path, caches):
-    """train.main --init_from=FILE.pth trains a fresh head on a frozen torchvision backbone; --mode=eval
+    """train.main --init_from=FILE.pth trains the head on a frozen torchvision backbone; --mode=eval
     --init_from=torchvision (its converted copy already in $JAXCNN_HOME) gives the loss torchvision gives on
-    the same batches."""
+    the same batches. Both keep the 1000 classes so that the second run finds the first's compiled eval step
+    in the shared XLA cache."""
     import os
 
     from jaxcnn import data as jdata
@@ -461,16 +463,17 @@ def test_train_and_eval_cli_start_from_published_weights(tv_file, monkeypatch, t
     (tmp_path / "resnet18.pth").write_bytes(data)
     dataset = f"folder:{write_folder(tmp_path / 'pets')}"
     common = ["--model=resnet18", f"--dataset={dataset}", "--config.image_size=32", "--batch_size=8",
-              "--config.eval_batch_size=8"]
+              "--config.eval_batch_size=8", "--config.num_classes=1000"]
     train = run_module("train.main", *common, f"--init_from={tmp_path / 'resnet18.pth'}", "--num_train_steps=1",
-                       "--config.reinit_head=True", "--config.freeze_backbone=True", "--config.eval_steps=1",
-                       f"--workdir={tmp_path / 'run'}", env=dict(os.environ))
+                       "--config.freeze_backbone=True", f"--workdir={tmp_path / 'run'}", env=dict(os.environ))
     assert train.returncode == 0, train.stderr[-2000:]
     state, _, step = checkpoint.restore_variables(tmp_path / "run")
     assert step == 1
     torch_conv1 = torch_model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
     assert np.array_equal(np.asarray(state["params"]["conv1"]["kernel"]), torch_conv1)  # frozen, from the file
-    assert np.asarray(state["params"]["fc"]["kernel"]).shape == (512, 2)  # the fresh head
+    torch_fc = torch_model.fc.weight.detach().numpy().T
+    assert np.asarray(state["params"]["fc"]["kernel"]).shape == torch_fc.shape
+    assert not np.array_equal(np.asarray(state["params"]["fc"]["kernel"]), torch_fc)  # the head trained
 
     # The converted copy that `pretrained.load` writes on its first call, where the subprocess (with the
     # shipped table) looks for torchvision's resnet18.
