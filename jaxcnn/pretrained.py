@@ -159,8 +159,9 @@ def matches(path: Path, w: Weights) -> tuple[bool, str]:
 
 def fetch(w: Weights, progress: bool = True) -> Path:
     """The verified file of `w`: from a cache (jaxcnn's, torch's, Keras's) or downloaded into jaxcnn's."""
-    cached = [p for p in (download_path(w), torch_cache() / w.filename, keras_cache() / w.filename) if p.is_file()]
-    for path in cached:
+    for path in (download_path(w), torch_cache() / w.filename, keras_cache() / w.filename):
+        if not path.is_file():
+            continue
         ok, actual = matches(path, w)
         if not ok:  # not ours to delete: someone put it there
             raise PretrainedError(f"{path} has {w.hash_algorithm} {actual}, but {w.filename} should have "
