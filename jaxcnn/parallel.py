@@ -1,4 +1,4 @@
-"""Data-parallel drivers: the same step under `jax.pmap`, `jax.shard_map`, sharded `jax.jit`, or on one device.
+"""Data-parallel drivers: one step under `jax.pmap`, `jax.shard_map`, sharded `jax.jit`, or on one device.
 
 The step functions (`jaxcnn.training.train_step` / `eval_step`, usually via `training.step_functions`) take
 `axis_name=`. Under pmap and shard_map they run as per-device code and the driver binds `axis_name` to its
@@ -7,8 +7,8 @@ code (`axis_name=None`): the batch is one array sharded over a mesh, and the com
 reductions, so BatchNorm statistics are the global batch's without naming an axis. A driver compiles once
 and moves state and batches::
 
-    driver = make_driver(config.parallel, train_fn, eval_fn)   # 'pmap' | 'shard_map' | 'jit' | 'fsdp' | 'single'
-    model = get_model(name, axis_name=driver.axis_name, ...)    # BatchNorm syncs over the devices (None: global)
+    driver = make_driver(config.parallel, train_fn, eval_fn)   # one of KINDS
+    model = get_model(name, axis_name=driver.axis_name, ...)    # BatchNorm syncs over it (None: global)
     state = driver.put_state(create_train_state(model, ...))          # host copy -> devices
     state, metrics = driver.train_step(state, batch)                   # numpy global batch; state donated
     sums = driver.eval_step(state, eval_batch)                         # host numpy sums, exact with a mask
@@ -423,7 +423,7 @@ def fsdp_spec(shape: Sequence[int], num_devices: int, min_size: int = FSDP_MIN_S
     divisible = [axis for axis, size in enumerate(shape) if size % num_devices == 0]
     if not divisible:
         return P()
-    axis = max(divisible, key=lambda a: shape[a])  # the first of the largest: e.g. a dense kernel's input side
+    axis = max(divisible, key=lambda a: shape[a])  # the first of the largest: a dense kernel's input side
     return P(*([None] * axis), AXIS_NAME)
 
 
@@ -465,7 +465,8 @@ class JitDriver:
         self._shardings = shardings
         self._train = jax.jit(self._train_fn, in_shardings=(shardings, self._split),
                               out_shardings=(shardings, self._replicated), donate_argnums=(0,))
-        self._eval = jax.jit(self._eval_fn, in_shardings=(shardings, self._split), out_shardings=self._replicated)
+        self._eval = jax.jit(self._eval_fn, in_shardings=(shardings, self._split),
+                             out_shardings=self._replicated)
         self._plateau = jax.jit(update_plateau, in_shardings=(shardings, self._replicated),
                                 out_shardings=shardings, donate_argnums=(0,))
 
@@ -481,7 +482,7 @@ class JitDriver:
         return jax.tree.map(put, state, shardings)
 
     def get_state(self, state):
-        """One host copy, gathered from every process where a leaf is split: the same form under any driver."""
+        """One host copy, gathered from every process where a leaf is split: the same form for any driver."""
         return jax.tree.map(_gathered, state)
 
     def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
@@ -553,7 +554,7 @@ def make_driver(kind: str, train_step_fn: Callable, eval_step_fn: Callable,
 
 
 __all__ = [
-    "AXIS_NAME", "FSDP_MIN_SIZE", "KINDS", "DistributedError", "Driver", "FsdpDriver", "JitDriver", "PeerWatchdog",
-    "PmapDriver", "ShardMapDriver", "SingleDriver", "check_distributed_args", "check_divisible", "fsdp_spec",
+    "AXIS_NAME", "FSDP_MIN_SIZE", "KINDS", "DistributedError", "Driver", "FsdpDriver", "JitDriver",
+    "PeerWatchdog", "PmapDriver", "ShardMapDriver", "SingleDriver", "check_distributed_args", "check_divisible", "fsdp_spec",
     "initialize_distributed", "make_driver",
 ]

@@ -97,8 +97,8 @@ def test_two_processes_match_four_devices(tmp_path):
     workdir, ref_dir = tmp_path / "run", tmp_path / "reference"
     reference = start("--reference", f"--workdir={ref_dir}", f"--num_train_steps={STEPS}", devices=4)
     try:
-        launches = [finish(start_processes(f"--parallel={kind}", f"--workdir={workdir}", f"--num_train_steps={last}"))
-                    for kind, last in LAUNCHES]
+        launches = [finish(start_processes(f"--parallel={kind}", f"--workdir={workdir}",
+                                           f"--num_train_steps={last}")) for kind, last in LAUNCHES]
     finally:
         finish([reference])
 
@@ -255,7 +255,8 @@ class FakeClient:
 
 def watch(client, timeout=0.5, process_id=0, num_processes=3):
     reports = []
-    dog = parallel.PeerWatchdog(client, process_id, num_processes, timeout=timeout, on_peer_lost=reports.append)
+    dog = parallel.PeerWatchdog(client, process_id, num_processes, timeout=timeout,
+                                on_peer_lost=reports.append)
     return dog, reports
 
 

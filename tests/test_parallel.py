@@ -1,4 +1,4 @@
-"""One device against eight: pmap, shard_map, jit, fsdp and a single device must train the same BatchNorm model
+"""One device against eight: pmap, shard_map, jit, fsdp and one device must train the same BatchNorm model
 alike, and a state saved under one driver must go on under any other."""
 
 import functools
@@ -131,8 +131,8 @@ def test_fsdp_splits_the_state_over_the_devices():
     kernel, momentum = state.params["block"]["conv"]["kernel"], state.opt_state
     assert kernel.shape == (3, 3, 2, 8) and kernel.sharding.spec == P(None, None, None, "batch")
     assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 2, 1)}
-    split = [x for x in jax.tree.leaves(momentum) if getattr(x, "ndim", 0) and not x.sharding.is_fully_replicated]
-    assert {x.shape for x in split} >= {(3, 3, 2, 8), (8, 3)}  # the SGD momentum of the conv and dense kernels
+    split = [x for x in jax.tree.leaves(momentum) if x.ndim and not x.sharding.is_fully_replicated]
+    assert {x.shape for x in split} >= {(3, 3, 2, 8), (8, 3)}  # SGD momentum of the conv and dense kernels
     assert state.batch_stats["block"]["bn"]["mean"].addressable_shards[0].data.shape == (1,)
     # jit keeps every leaf whole on every device.
     whole = _driver("jit").put_state(_state(TinyBNNet(), config))

@@ -9,7 +9,7 @@ Exit status after a signal: 0 for SIGTERM (the checkpoint is saved; rerun to res
 Multi-process (one process per host, README "Multi-host training"): --distributed lets JAX detect the job
 (Cloud TPU pod slices, SLURM, Open MPI); elsewhere give every process --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I. A process that fails tells the others, and a process whose peer dies
-exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog reports the peer; `peer_lost` ends the process).
+exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog reports the peer, `peer_lost` exits).
 """
 
 import logging
