@@ -74,16 +74,29 @@ def get_model(name: str, *, rngs: nnx.Rngs, input_shape: Sequence[int] | None = 
         model = LinenModel(module, rngs=rngs)
         init_rngs = nnx.Rngs(params=rngs.params(), dropout=rngs.dropout())
         bridge.lazy_init(model.initialize, jnp.zeros((1, *shape), jnp.float32), init_rngs)
+        # Initializing ran in train mode, so the auxiliary heads sowed their logits: not part of the model.
+        nnx.pop(model.net, nnx.Not(nnx.Any(*COLLECTIONS.values(), nnx.RngState)))
         return model
 
     return build(rngs)
 
 
+def _variable_type(collection: str) -> type:
+    """The NNX variable type the bridge gives Linen collection `collection` (registered on first use)."""
+    return nnx.variable_type_from_name(collection, allow_register=True)
+
+
 def collection(model: LinenModel, name: str) -> dict:
-    """Linen collection `name` of the module as nested dicts of arrays ({} when it holds none), e.g. 'aux'
-    after a train-mode call with `mutable=['batch_stats', 'aux']` (GoogLeNet's auxiliary logits)."""
+    """Linen collection `name` of the module as nested dicts of arrays ({} when it holds none)."""
     # The bridge keeps each Linen submodule as an attribute; the variable type tells the collection.
-    return nnx.to_pure_dict(nnx.state(model.net, nnx.variable_type_from_name(name, allow_register=True)))
+    return nnx.to_pure_dict(nnx.state(model.net, _variable_type(name)))
+
+
+def pop_sown(model: LinenModel, name: str) -> dict:
+    """Take what the model sowed into Linen collection `name` out of it, e.g. 'aux' after a train-mode call
+    with `mutable=['batch_stats', 'aux']` (GoogLeNet's auxiliary logits). Sown values pile up call after call
+    (Linen's `sow` appends) until popped, as NNX's own intermediates do."""
+    return nnx.to_pure_dict(nnx.pop(model.net, _variable_type(name)))
 
 
 def linen_variables(model: LinenModel) -> dict:
@@ -113,4 +126,5 @@ def load_variables(model: LinenModel, variables: dict) -> None:
             nnx.update(model.net, state)
 
 
-__all__ = ["COLLECTIONS", "LinenModel", "collection", "get_model", "linen_variables", "load_variables"]
+__all__ = ["COLLECTIONS", "LinenModel", "collection", "get_model", "linen_variables", "load_variables",
+           "pop_sown"]

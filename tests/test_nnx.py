@@ -1,8 +1,8 @@
 """jaxcnn.nnx: every registered model as an NNX module with the Linen model's variables and outputs.
 
-Every model at its minimum input size, in one compiled function each: the NNX module built from `rngs` holds
-the variables (collections, names, shapes) of the Linen init, and gives the Linen model's logits on them.
-Train mode (BatchNorm statistics moving in place, dropout, auxiliary heads) on ResNet-18 and GoogLeNet;
+Every model at its minimum input size, traced without compiling: the NNX module built from `rngs` holds the
+variables (collections, names, shapes) of the Linen init and gives logits of the same shape. Numbers: one
+model of each kind gives the Linen model's logits on the same variables (a compiled function each). Train mode (BatchNorm statistics moving in place, dropout, auxiliary heads) on ResNet-18 and GoogLeNet;
 converted torchvision weights load into the NNX ResNet-18 and give torchvision's logits.
 """
 
@@ -30,24 +30,35 @@ def shapes(tree) -> dict:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_nnx_model_holds_the_linen_variables_and_gives_its_outputs(name):
+def test_nnx_model_holds_the_linen_variables(name):
+    """Every model, abstractly (traced, never compiled): the same collections, names and shapes as the Linen
+    init, and logits of the same shape."""
     shape, classes = min_shape(name), models.get_spec(name).num_classes
     linen = models.get_model(name, num_classes=classes)
-    expected_variables = jax.eval_shape(lambda: training.init_variables(linen, jax.random.PRNGKey(0), shape))
+    expected = jax.eval_shape(lambda: training.init_variables(linen, jax.random.PRNGKey(0), shape))
+    model = nnx.eval_shape(lambda: jnnx.get_model(name, rngs=nnx.Rngs(0), input_shape=shape, num_classes=classes))
+    got = jnnx.linen_variables(model)
+    assert sorted(got) == sorted(k for k, tree in expected.items() if tree)  # params (and batch_stats with BN)
+    for collection in got:
+        assert shapes(got[collection]) == shapes(expected[collection]), collection
+    logits = nnx.eval_shape(lambda m: m(jnp.zeros((2, *shape))), model)
+    assert logits.shape == (2, classes)
+
+
+# One model of each kind of part: dense only, the 1998 RBF output, 1x1 "mlpconv" stacks with dropout,
+# BatchNorm with residual blocks, dense blocks. (Compiling every model would cost minutes.)
+@pytest.mark.parametrize("name", ["mlp", "lenet5_1998", "nin", "resnet18", "densenet121"])
+def test_nnx_model_gives_the_linen_outputs(name):
+    shape, classes = min_shape(name), models.get_spec(name).num_classes
+    linen = models.get_model(name, num_classes=classes)
     images = jax.random.normal(jax.random.key(1), (2, *shape))
 
-    @jax.jit  # one compilation a model: build the NNX module, run it and the Linen model on its variables
+    @jax.jit  # one compilation: build the NNX module, run it and the Linen model on its variables
     def outputs(images):
         model = jnnx.get_model(name, rngs=nnx.Rngs(0), input_shape=shape, num_classes=classes)
-        variables = jnnx.linen_variables(model)
-        return variables, model(images), linen.apply(variables, images, train=False)
+        return model(images), linen.apply(jnnx.linen_variables(model), images, train=False)
 
-    variables, got, expected = outputs(images)
-    # The same collections (params, and batch_stats with BatchNorm), names and shapes.
-    assert sorted(variables) == sorted(k for k, tree in expected_variables.items() if tree)
-    for collection in variables:
-        assert shapes(variables[collection]) == shapes(expected_variables[collection]), collection
-    assert got.shape == (2, classes)
+    got, expected = outputs(images)
     assert float(jnp.std(expected)) > 0  # the variables are not degenerate
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -78,29 +89,28 @@ def test_train_mode_draws_dropout_from_the_rngs_and_sows_aux_logits():
     shape = min_shape("googlenet")
     images = jax.random.normal(jax.random.key(1), (2, *shape))
 
-    def build():
-        model = jnnx.get_model("googlenet", rngs=nnx.Rngs(0), input_shape=shape, num_classes=NUM_CLASSES,
-                               aux_logits=True)
-        model.train()
-        return model
-
-    call = nnx.jit(lambda m, x: m(x, mutable=["batch_stats", "aux"]))
-    model, twin = build(), build()
-    first, second = call(model, images), call(model, images)
+    model = jnnx.get_model("googlenet", rngs=nnx.Rngs(0), input_shape=shape, num_classes=NUM_CLASSES,
+                           aux_logits=True)
+    model.train()
+    twin = nnx.clone(model)  # the same variables and the same rngs
+    # Popping the sown logits inside the step keeps the module's structure the same call after call.
+    call = nnx.jit(lambda m, x: (m(x, mutable=["batch_stats", "aux"]), jnnx.pop_sown(m, "aux")))
+    (first, aux), (second, _) = call(model, images), call(model, images)
     assert float(jnp.max(jnp.abs(first - second))) > 1e-4  # a new dropout mask every call
-    np.testing.assert_array_equal(call(twin, images), first)  # the same rngs, the same masks
-    aux = jnnx.collection(model, "aux")
+    np.testing.assert_array_equal(call(twin, images)[0], first)  # the same rngs, the same masks
     assert sorted(aux) == ["aux1", "aux2"]
-    assert {tuple(np.shape(x)) for x in jax.tree.leaves(aux)} == {(2, NUM_CLASSES)}
+    assert [np.shape(x) for x in jax.tree.leaves(aux)] == [(2, NUM_CLASSES)] * 2
+    assert jnnx.collection(model, "aux") == {}
     model.eval()
-    np.testing.assert_array_equal(model(images), model(images))  # no dropout in eval mode
+    evaluate = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(evaluate(model, images), evaluate(model, images))  # no dropout in eval mode
 
 
 def test_load_variables_refuses_weights_of_another_shape():
     model = jnnx.get_model("lenet5", rngs=nnx.Rngs(0))
     other = jnnx.linen_variables(jnnx.get_model("lenet5", rngs=nnx.Rngs(1), num_classes=12))
     kept = jnnx.linen_variables(model)
-    expected = r"at \['output'\]\['bias'\]: the model has \(10,\), the weights have \(12,\)"
+    expected = r"at \['params'\]\['output'\]\['bias'\]: the model has \(10,\), the weights have \(12,\)"
     with pytest.raises(ValueError, match=expected):
         jnnx.load_variables(model, other)
     for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(jnnx.linen_variables(model))):
