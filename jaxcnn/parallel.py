@@ -7,8 +7,8 @@ code (`axis_name=None`): the batch is one array sharded over a mesh, and the com
 reductions, so BatchNorm statistics are the global batch's without naming an axis. A driver compiles once
 and moves state and batches::
 
-    driver = make_driver(config.parallel, train_fn, eval_fn)   # one of KINDS
-    model = get_model(name, axis_name=driver.axis_name, ...)    # BatchNorm syncs over it (None: global)
+    driver = make_driver(config.parallel, train_fn, eval_fn)          # one of KINDS
+    model = get_model(name, axis_name=driver.axis_name, ...)           # BatchNorm's axis (None under jit)
     state = driver.put_state(create_train_state(model, ...))          # host copy -> devices
     state, metrics = driver.train_step(state, batch)                   # numpy global batch; state donated
     sums = driver.eval_step(state, eval_batch)                         # host numpy sums, exact with a mask
