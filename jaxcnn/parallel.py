@@ -1,11 +1,14 @@
-"""Data-parallel drivers: the same per-device step under `jax.pmap`, under `jax.shard_map`, or on one device.
+"""Data-parallel drivers: one step under `jax.pmap`, `jax.shard_map`, sharded `jax.jit`, or on one device.
 
-The step functions (`jaxcnn.training.train_step` / `eval_step`, usually via `training.step_functions`) are
-per-device code that takes `axis_name=`; a driver binds it to its device axis, compiles once, and moves
-state and batches::
+The step functions (`jaxcnn.training.train_step` / `eval_step`, usually via `training.step_functions`) take
+`axis_name=`. Under pmap and shard_map they run as per-device code and the driver binds `axis_name` to its
+device axis (the step averages over it with `lax.pmean`). Under 'jit' and 'fsdp' they run as global-array
+code (`axis_name=None`): the batch is one array sharded over a mesh, and the compiler inserts the
+reductions, so BatchNorm statistics are the global batch's without naming an axis. A driver compiles once
+and moves state and batches::
 
-    driver = make_driver(config.parallel, train_fn, eval_fn)          # 'pmap' | 'shard_map' | 'single'
-    model = get_model(name, axis_name=driver.axis_name, ...)           # BatchNorm syncs over the devices
+    driver = make_driver(config.parallel, train_fn, eval_fn)          # one of KINDS
+    model = get_model(name, axis_name=driver.axis_name, ...)           # BatchNorm's axis (None under jit)
     state = driver.put_state(create_train_state(model, ...))          # host copy -> devices
     state, metrics = driver.train_step(state, batch)                   # numpy global batch; state donated
     sums = driver.eval_step(state, eval_batch)                         # host numpy sums, exact with a mask
@@ -20,10 +23,17 @@ Multi-host (JAX's multi-controller runtime: one process per host, each driving i
 `initialize_distributed` starts the processes before any other JAX call. Every process then runs the same
 program on its host-local part of each global batch: pmap maps over the local devices while its collectives
 (`lax.pmean`/`psum` over 'batch') span every process's devices; shard_map's mesh holds `jax.devices()`, all
-of them, and `put_batch` assembles the global array from the processes' parts (process 0's rows first). So
-metrics come back already averaged over processes, and eval sums summed over them. On CPU the collectives
-between processes go through gloo. tests/test_multihost.py checks 2 processes x 2 devices against
-1 process x 4 devices.
+of them, and `put_batch` assembles the global array from the processes' parts (process 0's rows first); the
+jit drivers' mesh spans the same global devices. So metrics come back already averaged over processes, and
+eval sums summed over them. On CPU the collectives between processes go through gloo.
+tests/test_multihost.py checks 2 processes x 2 devices against 1 process x 4 devices.
+
+Which driver fits (README "Parallel training"): 'pmap' (the default) is the classic per-device step, one
+replica of the state on every device; 'shard_map' is the same per-device step under jit; 'jit' is what
+JAX recommends today (no per-device code at all); 'fsdp' is 'jit' with the large parameters and their
+optimizer state split over the devices, for models whose state does not fit whole on each one (VGG's FC
+layers). Every driver's `get_state` returns the same host form, so a checkpoint saved under one restores
+under any other.
 """
 
 from __future__ import annotations
@@ -31,9 +41,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +57,10 @@ from jaxcnn.training import update_plateau
 log = logging.getLogger(__name__)
 
 AXIS_NAME = "batch"
-KINDS = ("pmap", "shard_map", "single")
+KINDS = ("pmap", "shard_map", "jit", "fsdp", "single")
+# Under 'fsdp', state leaves of at least this many elements are split over the devices (1 MiB in fp32);
+# smaller ones stay whole on every device, where gathering them would cost more than they take.
+FSDP_MIN_SIZE = 2**18
 
 
 class DistributedError(ValueError):
@@ -83,7 +94,8 @@ def check_distributed_args(coordinator_address: str | None, num_processes: int |
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, peer_timeout: float = 60.0,
-                           initialization_timeout: int = 300) -> PeerWatchdog | None:
+                           initialization_timeout: int = 300,
+                           on_peer_lost: Callable[[str], None] | None = None) -> PeerWatchdog | None:
     """Start multi-process JAX (one process per host) before any other JAX call; a no-op for one process.
 
     On Cloud TPU, SLURM and Open MPI JAX finds the three values itself: pass none of them. Otherwise pass
@@ -92,8 +104,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     within `initialization_timeout` seconds.
 
     Returns the started `PeerWatchdog` (None for a single process): if another process stops for more than
-    `peer_timeout` seconds this one exits with status 1 and one line naming it, instead of waiting forever
-    in a collective. Call its `finish(error)` when this process fails, so the others stop at once.
+    `peer_timeout` seconds, it calls `on_peer_lost(message)` from its own thread, with a message naming the
+    process. What happens then is the program's choice; the main thread may be blocked in a collective that
+    will never complete, so a program usually ends the process there (train/main.py does). Call the
+    watchdog's `finish(error)` when this process fails, so the others stop at once.
     """
     check_distributed_args(coordinator_address, num_processes, process_id)
     if num_processes == 1:
@@ -115,10 +129,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         raise DistributedError(f"could not start the distributed runtime{where}: {first_line(e)}") from e
     if jax.process_count() == 1:
         return None
-    from jax._src import distributed  # the coordination service's client (orbax reaches it the same way)
+    # JAX keeps the coordination service's client private; orbax's multihost module is the public way to it.
+    from orbax.checkpoint import multihost
 
-    watchdog = PeerWatchdog(distributed.global_state.client, jax.process_index(), jax.process_count(),
-                            timeout=peer_timeout)
+    watchdog = PeerWatchdog(multihost.get_jax_distributed_client(), jax.process_index(), jax.process_count(),
+                            timeout=peer_timeout, on_peer_lost=on_peer_lost)
     watchdog.start()
     # Runs before JAX's own exit handler (registered earlier), which waits for every process at a barrier.
     atexit.register(watchdog.finish)
@@ -126,12 +141,13 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 class PeerWatchdog:
-    """Exit with one clear line when another process of the job dies, instead of hanging in a collective.
+    """Tell the program when another process of the job dies, instead of leaving it hung in a collective.
 
     Every process beats (a counter under `jaxcnn/peer/<id>` in the coordination service's key-value store)
     every `timeout / 10` seconds and reads the others' beats. A peer whose counter has not moved for
-    `timeout` seconds was killed or hangs: this process prints `error: process K of N stopped ...` and
-    exits with status 1. A peer that failed and said so (`finish(error)`) stops the others at the next beat.
+    `timeout` seconds was killed or hangs: the watchdog posts this process's failure for the others, then
+    calls `on_peer_lost("process K of N stopped ...")` from its thread and stops watching (`lost` holds the
+    message). A peer that failed and said so (`finish(error)`) is reported at the next beat.
     Losing the coordinator (process 0) usually ends this process first through JAX's own abort (an
     "another task died" fatal log): the service lives in process 0, which is why process 0, when it fails or
     gives up, waits (a few beats at most) for the others to post their own last word and leave first.
@@ -140,12 +156,13 @@ class PeerWatchdog:
     PREFIX = "jaxcnn/peer/"
 
     def __init__(self, client, process_id: int, num_processes: int, timeout: float = 60.0,
-                 exit_fn: Callable[[str], None] | None = None):
+                 on_peer_lost: Callable[[str], None] | None = None):
         self.client, self.process_id, self.num_processes = client, process_id, num_processes
         self.timeout, self.interval = float(timeout), max(float(timeout) / 10, 0.1)
-        self._exit = exit_fn or self._exit_process
+        self._on_peer_lost = on_peer_lost
+        self.lost: str | None = None  # why the job cannot go on, once a peer was found dead or failed
         self._stop = threading.Event()
-        self._exiting = threading.Event()  # set once the watchdog has decided to end the process
+        self._found = threading.Event()  # set once `lost` is known, before `on_peer_lost` runs
         self._finished = False
         self._dead: set[int] = set()  # peers that stopped beating: they will post nothing more
         self._thread = threading.Thread(target=self._run, name="jaxcnn-peer-watchdog", daemon=True)
@@ -159,11 +176,17 @@ class PeerWatchdog:
             return
         self._finished = True
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=self.interval * 2)
         self._post(f"failed:{error}" if error else "done")
         if error:
             self._let_others_leave_first()
+
+    def wait_for_lost_peer(self) -> str | None:
+        """Wait long enough for the watchdog to notice a dead peer: its message if it did, else None.
+
+        For a collective that failed: it fails at once when a peer dies, before the heartbeats tell why."""
+        return self.lost if self._found.wait(self.timeout + 2 * self.interval) else None
 
     def _post(self, status: str) -> None:
         try:
@@ -186,17 +209,25 @@ class PeerWatchdog:
             waiting = {p for p in waiting if posted.get(self._key(p), "") != "done"
                        and not posted.get(self._key(p), "").startswith("failed:")}
             time.sleep(0.05)
-        time.sleep(0.5)  # from posting to os._exit
-
-    def grace(self) -> None:
-        """Wait long enough for the watchdog to notice a dead peer; if it does, it ends this process."""
-        if self._exiting.wait(self.timeout + 2 * self.interval):
-            threading.Event().wait()  # the watchdog's os._exit comes next; say nothing more here
+        time.sleep(0.5)  # from posting to the program's exit
 
     def _key(self, process: int) -> str:
         return f"{self.PREFIX}{process}"
 
     def _run(self) -> None:
+        message = self._watch()
+        if message is None:
+            return
+        self.lost = message
+        self._found.set()
+        self._finished = True  # this process's last word is the failure posted here
+        self._post(f"failed:{message}")
+        self._let_others_leave_first()
+        if self._on_peer_lost is not None:
+            self._on_peer_lost(message)
+
+    def _watch(self) -> str | None:
+        """Beat until stopped (None) or until a peer is lost (why)."""
         watched = set(range(self.num_processes)) - {self.process_id}
         last_beat = dict.fromkeys(watched)
         last_change = dict.fromkeys(watched, time.monotonic())
@@ -207,29 +238,23 @@ class PeerWatchdog:
                 self.client.key_value_set(self._key(self.process_id), str(beat), allow_overwrite=True)
                 beats = dict(self.client.key_value_dir_get(self.PREFIX))
             except Exception as e:  # noqa: BLE001 - any failure here means the service (process 0) is gone
-                if not self._stop.is_set():
-                    self._exit(f"lost the coordinator (process 0 of {self.num_processes}): {first_line(e)}")
-                return
+                if self._stop.is_set():
+                    return None
+                return f"lost the coordinator (process 0 of {self.num_processes}): {first_line(e)}"
             now = time.monotonic()
             for peer in sorted(watched):
                 value = beats.get(self._key(peer))
                 if value == "done":
                     watched.discard(peer)
                 elif value is not None and value.startswith("failed:"):
-                    return self._exit(f"process {peer} of {self.num_processes} failed: {value[len('failed:'):]}")
+                    return f"process {peer} of {self.num_processes} failed: {value[len('failed:'):]}"
                 elif value != last_beat[peer]:
                     last_beat[peer], last_change[peer] = value, now
                 elif now - last_change[peer] > self.timeout:
                     self._dead.add(peer)
-                    return self._exit(f"process {peer} of {self.num_processes} stopped (no heartbeat for "
-                                      f"{self.timeout:g} s: killed, crashed or hung)")
-
-    def _exit_process(self, message: str) -> None:
-        self._exiting.set()
-        print(f"error: {message}; process {self.process_id} exits", file=sys.stderr, flush=True)
-        self._post(f"failed:{message}")
-        self._let_others_leave_first()
-        os._exit(1)  # the main thread may be blocked in a collective that will never complete
+                    return (f"process {peer} of {self.num_processes} stopped (no heartbeat for "
+                            f"{self.timeout:g} s: killed, crashed or hung)")
+        return None
 
 
 def check_divisible(size: int, num_devices: int, flag: str = "batch_size") -> None:
@@ -387,19 +412,149 @@ class ShardMapDriver:
         return self._plateau(state, val_loss)
 
 
-Driver = SingleDriver | PmapDriver | ShardMapDriver
+def fsdp_spec(shape: Sequence[int], num_devices: int, min_size: int = FSDP_MIN_SIZE) -> P:
+    """Where 'fsdp' splits a state leaf of `shape`: along its largest dimension that divides over the devices,
+    when the leaf has at least `min_size` elements; P() (whole on every device) otherwise.
+
+    The rule reads only the shape, so a parameter and its optimizer moments (same shape) split alike.
+    """
+    if int(np.prod(shape, dtype=np.int64)) < max(min_size, 1) or num_devices == 1:
+        return P()
+    divisible = [axis for axis, size in enumerate(shape) if size % num_devices == 0]
+    if not divisible:
+        return P()
+    axis = max(divisible, key=lambda a: shape[a])  # the first of the largest: a dense kernel's input side
+    return P(*([None] * axis), AXIS_NAME)
+
+
+class JitDriver:
+    """`jax.jit` with explicit shardings over a 1-D `jax.make_mesh` ('batch',) spanning every global device.
+
+    The step is global-array code (`axis_name` None): the batch is one array split along the mesh, the state
+    is replicated, and the compiler inserts the reductions, so gradients and BatchNorm statistics are the
+    global batch's with no per-device code. `jax.set_mesh` makes the mesh current around each call, so a
+    model may constrain its activations with bare PartitionSpecs.
+    """
+
+    kind = "jit"
+    axis_name = None
+
+    def __init__(self, train_step_fn: Callable, eval_step_fn: Callable, devices: Sequence | None = None):
+        devices = list(devices or jax.devices())
+        # Auto axes: the compiler chooses how intermediates are sharded; the step stays plain array code.
+        self.mesh = jax.make_mesh((len(devices),), (AXIS_NAME,), axis_types=(jax.sharding.AxisType.Auto,),
+                                  devices=devices)
+        self.num_devices = self.mesh.size
+        self._replicated = NamedSharding(self.mesh, P())
+        self._split = NamedSharding(self.mesh, P(AXIS_NAME))
+        self._train_fn = functools.partial(train_step_fn, axis_name=None)
+        self._eval_fn = functools.partial(eval_step_fn, axis_name=None)
+        self._shardings = None  # of the state, known once a state is put
+
+    def leaf_spec(self, shape: Sequence[int]) -> P:
+        """How a state leaf of `shape` is laid out over the mesh: whole on every device."""
+        del shape
+        return P()
+
+    def state_shardings(self, state):
+        """The NamedSharding of every leaf of `state` (host arrays or their shapes)."""
+        return jax.tree.map(lambda x: NamedSharding(self.mesh, self.leaf_spec(np.shape(x))), state)
+
+    def _compile(self, shardings) -> None:
+        """The jitted steps for a state laid out as `shardings`: a step returns it laid out the same way."""
+        self._shardings = shardings
+        self._train = jax.jit(self._train_fn, in_shardings=(shardings, self._split),
+                              out_shardings=(shardings, self._replicated), donate_argnums=(0,))
+        self._eval = jax.jit(self._eval_fn, in_shardings=(shardings, self._split),
+                             out_shardings=self._replicated)
+        self._plateau = jax.jit(update_plateau, in_shardings=(shardings, self._replicated),
+                                out_shardings=shardings, donate_argnums=(0,))
+
+    def put_state(self, state):
+        """A host state (every process passes the same) onto the mesh, each leaf laid out by `leaf_spec`."""
+        shardings = self.state_shardings(state)
+        self._compile(shardings)
+
+        def put(x, sharding):
+            x = np.asarray(x)
+            # Copies: the steps donate the state, which must not delete the caller's arrays.
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: np.array(x[index]))
+        return jax.tree.map(put, state, shardings)
+
+    def get_state(self, state):
+        """One host copy, gathered from every process where a leaf is split: the same form for any driver."""
+        return jax.tree.map(_gathered, state)
+
+    def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
+        """This process's part of the batch -> one global array split over the mesh (placed ones pass)."""
+        if _placed(batch, self._split):
+            return batch
+        size = _batch_size(batch) * jax.process_count()
+        check_divisible(size, self.num_devices, flag)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, np.asarray(x)), batch)
+
+    def train_step(self, state, batch: dict):
+        batch = self.put_batch(batch)
+        with jax.set_mesh(self.mesh):
+            return self._train(state, batch)
+
+    def eval_step(self, state, batch: dict) -> dict:
+        batch = self.put_batch(batch, "eval_batch_size")
+        with jax.set_mesh(self.mesh):
+            return jax.tree.map(_host_copy, self._eval(state, batch))
+
+    def update_plateau(self, state, val_loss: float):
+        with jax.set_mesh(self.mesh):
+            return self._plateau(state, np.float32(val_loss))
+
+
+class FsdpDriver(JitDriver):
+    """'jit' with large state leaves split over the mesh (fully sharded data parallel).
+
+    Parameters and their optimizer state of at least `min_size` elements live 1/N on each device
+    (`fsdp_spec`); the compiler gathers a layer's parameters where the step uses them and reduce-scatters
+    their gradients. The numbers are those of 'jit'; the memory for the big layers (VGG's 100M-parameter
+    FC layers, their momentum) is divided by the device count.
+    """
+
+    kind = "fsdp"
+
+    def __init__(self, train_step_fn: Callable, eval_step_fn: Callable, devices: Sequence | None = None,
+                 min_size: int = FSDP_MIN_SIZE):
+        super().__init__(train_step_fn, eval_step_fn, devices)
+        self.min_size = min_size
+
+    def leaf_spec(self, shape: Sequence[int]) -> P:
+        return fsdp_spec(shape, self.num_devices, self.min_size)
+
+
+def _gathered(x):
+    """The whole of a (possibly split, possibly multi-process) array, on the host."""
+    if not isinstance(x, jax.Array) or x.sharding.is_fully_replicated:
+        return _host_copy(x)
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+Driver = SingleDriver | PmapDriver | ShardMapDriver | JitDriver | FsdpDriver
 
 
 def make_driver(kind: str, train_step_fn: Callable, eval_step_fn: Callable,
-                devices: Sequence | None = None) -> Driver:
-    """The driver named `kind` ('pmap' | 'shard_map' | 'single') around the given per-device steps."""
-    drivers = {"pmap": PmapDriver, "shard_map": ShardMapDriver, "single": SingleDriver}
+                devices: Sequence | None = None, **options) -> Driver:
+    """The driver named `kind` (one of KINDS) around the given steps; `options` go to its constructor
+    (`min_size` for 'fsdp')."""
+    drivers = {"pmap": PmapDriver, "shard_map": ShardMapDriver, "jit": JitDriver, "fsdp": FsdpDriver,
+               "single": SingleDriver}
     if kind not in drivers:
         raise ValueError(f"unknown parallel driver {kind!r}; choose one of {', '.join(KINDS)}")
-    return drivers[kind](train_step_fn, eval_step_fn, devices)
+    return drivers[kind](train_step_fn, eval_step_fn, devices, **options)
 
 
 __all__ = [
-    "AXIS_NAME", "KINDS", "DistributedError", "Driver", "PeerWatchdog", "PmapDriver", "ShardMapDriver",
-    "SingleDriver", "check_distributed_args", "check_divisible", "initialize_distributed", "make_driver",
+    "AXIS_NAME", "FSDP_MIN_SIZE", "KINDS", "DistributedError", "Driver", "FsdpDriver", "JitDriver",
+    "PeerWatchdog", "PmapDriver", "ShardMapDriver", "SingleDriver", "check_distributed_args", "check_divisible", "fsdp_spec",
+    "initialize_distributed", "make_driver",
 ]

@@ -225,7 +225,7 @@ def _jaxpr_multiply_adds(jaxpr) -> int:
 def forward_multiply_adds(module: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-adds of one eval-mode forward pass on one image: convolutions and dense layers.
 
-    Counted as torchvision's "GFLOPS" column and REFERENCE.md count them: every tap of every kernel window,
+    Counted as torchvision's "GFLOPS" column and docs/reference.md count them: every tap of every kernel window,
     padding included, and nothing for activations, normalization or pooling. Read off the traced jaxpr,
     so it needs no compile. (XLA's cost analysis, `xla_flops`, skips the taps that fall on padding,
     which puts AlexNet 8% and VGG-11 4% lower.)

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 SEED = 20240601  # fixed: the subset is part of the package, it must not change between runs
-IMAGES_MD5 = "6bbc9ace898e44ae57da46a324031adb"  # of the unzipped training images (REFERENCE.md)
+IMAGES_MD5 = "6bbc9ace898e44ae57da46a324031adb"  # of the unzipped training images (docs/reference.md)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,6 @@
 """The pre-ResNet classics: LeNet-5 (1998 and the seeds'), MLP, AlexNet variants, ZFNet, VGG, NiN.
 
-Counts are compared with REFERENCE.md (and, for models without a library twin, with totals derived here by
+Counts are compared with docs/reference.md (and, for models without a library twin, with totals derived here by
 hand); forward/backward, input-size checks, dropout and BatchNorm behaviour are checked on small inputs.
 """
 

@@ -59,12 +59,12 @@ GOOGLENET_2014_PARAMS = ((7 * 7 * 3 * 64 + 64) + (64 * 64 + 64) + (9 * 64 * 192 
 GOOGLENET_2014_AUX = sum(c * 128 + 128 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000 for c in (512, 528))
 
 COUNTS = [
-    ("googlenet", {}, (224, 224), 6_624_904),  # REFERENCE.md (torchvision, no aux)
-    ("googlenet", {"aux_logits": True}, (224, 224), 13_004_888),  # REFERENCE.md (with both aux heads)
+    ("googlenet", {}, (224, 224), 6_624_904),  # docs/reference.md (torchvision, no aux)
+    ("googlenet", {"aux_logits": True}, (224, 224), 13_004_888),  # docs/reference.md (with both aux heads)
     ("googlenet_2014", {}, (224, 224), 6_998_552),
     ("googlenet_2014", {"aux_logits": True}, (224, 224), 6_998_552 + 6_379_728),
-    ("inception_v3", {}, (299, 299), 23_834_568),  # REFERENCE.md
-    ("inception_v3", {"aux_logits": True}, (299, 299), 27_161_264),  # REFERENCE.md
+    ("inception_v3", {}, (299, 299), 23_834_568),  # docs/reference.md
+    ("inception_v3", {"aux_logits": True}, (299, 299), 27_161_264),  # docs/reference.md
 ]
 
 

@@ -1,7 +1,7 @@
 """Multi-host training on JAX's distributed runtime, with local processes on the CPU.
 
 2 processes x 2 CPU devices run `train.main` (tests/multihost_worker.py: the real flags, loop, drivers,
-checkpoints) and must match 1 process x 4 devices fed the same global batches, for pmap and shard_map; a
+checkpoints) and must match 1 process x 4 devices fed the same global batches, for pmap, shard_map and jit; a
 process whose peer dies must leave with one line instead of hanging; tfds datasets are read per process.
 """
 
@@ -23,7 +23,9 @@ from jaxcnn import parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"
-STEPS, RESUME_FROM = 6, 3
+# One launch per driver, each resuming the previous one's checkpoint: (driver, last step).
+LAUNCHES = (("pmap", 3), ("shard_map", 6), ("jit", 9))
+STEPS, RESUME_FROM = LAUNCHES[-1][1], LAUNCHES[0][1]
 COMMON = ("--model=tiny_bn", "--batch_size=16", "--config.eval_batch_size=192", "--log_every_steps=1",
           f"--checkpoint_every_steps={RESUME_FROM}", f"--config.eval_every_steps={RESUME_FROM}",
           "--learning_rate=0.1", "--config.shuffle_buffer=1000")
@@ -86,18 +88,17 @@ def max_diff(a, b) -> float:
 
 
 def test_two_processes_match_four_devices(tmp_path):
-    """pmap trains steps 1-3 and saves; a second launch resumes that checkpoint under shard_map for steps 4-6.
+    """pmap trains steps 1-3 and saves; a second launch resumes that checkpoint under shard_map for steps 4-6,
+    a third under jit (global arrays, no per-device code) for steps 7-9.
 
-    Every step, both evaluations and both checkpoints must match the reference. (One test and one chain of
-    runs for both drivers: each launch costs seconds of imports on every process.)
+    Every step, every evaluation and every checkpoint must match the reference. (One test and one chain of
+    runs for the drivers: each launch costs seconds of imports on every process.)
     """
     workdir, ref_dir = tmp_path / "run", tmp_path / "reference"
     reference = start("--reference", f"--workdir={ref_dir}", f"--num_train_steps={STEPS}", devices=4)
     try:
-        first = finish(start_processes("--parallel=pmap", f"--workdir={workdir}",
-                                       f"--num_train_steps={RESUME_FROM}"))
-        second = finish(start_processes("--parallel=shard_map", f"--workdir={workdir}",
-                                        f"--num_train_steps={STEPS}"))
+        launches = [finish(start_processes(f"--parallel={kind}", f"--workdir={workdir}",
+                                           f"--num_train_steps={last}")) for kind, last in LAUNCHES]
     finally:
         finish([reference])
 
@@ -110,15 +111,16 @@ def test_two_processes_match_four_devices(tmp_path):
     # Evaluations: eval_batch_size 192 is 96 a process, so each pads its 1,000 validation images to 1,056;
     # the padding must not count, on any process.
     ref_eval, evaluation = by_step(ref_dir, "validation"), by_step(workdir, "validation")
-    assert sorted(evaluation) == sorted(ref_eval) == [RESUME_FROM, STEPS]
+    evaluated = list(range(RESUME_FROM, STEPS + 1, RESUME_FROM))
+    assert sorted(evaluation) == sorted(ref_eval) == evaluated
     for step in evaluation:
         assert evaluation[step]["count"] == ref_eval[step]["count"] == 2000
         for name in ("loss", "top1", "top5"):
             assert abs(evaluation[step][name] - ref_eval[step][name]) <= TOL, (driver(step), step, name)
 
     # The checkpoints the 2 processes saved together hold the reference's variables.
-    assert ckpt.list_steps(workdir) == ckpt.list_steps(ref_dir) == [RESUME_FROM, STEPS]
-    saved = {step: saved_variables(workdir, step) for step in (RESUME_FROM, STEPS)}
+    assert ckpt.list_steps(workdir) == ckpt.list_steps(ref_dir) == evaluated
+    saved = {step: saved_variables(workdir, step) for step in evaluated}
     for step, variables in saved.items():
         reference_variables = saved_variables(ref_dir, step)
         for collection in ("params", "batch_stats"):
@@ -127,15 +129,16 @@ def test_two_processes_match_four_devices(tmp_path):
 
     # Only process 0 writes: one metrics.jsonl (each step once: no doubled lines), progress and summary.
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "metrics.jsonl", "tensorboard"]
-    for process, (out, err) in enumerate(first + second):
+    for process, (out, err) in enumerate(sum(launches, [])):
         primary = process % 2 == 0
         assert any(line.startswith("step ") for line in err.splitlines()) == primary, (process, err)
         assert ("best validation top-1" in out) == primary, (process, out)
-    assert "resuming from step 3 (epoch 0, batch 3)" in second[0][1]
+    assert "resuming from step 3 (epoch 0, batch 3)" in launches[1][0][1]
+    assert "resuming from step 6 (epoch 0, batch 6)" in launches[2][0][1]
 
 
 def driver(step: int) -> str:
-    return "pmap" if step <= RESUME_FROM else "shard_map (resumed)"
+    return next(kind for kind, last in LAUNCHES if step <= last)
 
 
 def saved_variables(workdir: Path, step: int) -> dict:
@@ -251,22 +254,25 @@ class FakeClient:
 
 
 def watch(client, timeout=0.5, process_id=0, num_processes=3):
-    exits = []
-    dog = parallel.PeerWatchdog(client, process_id, num_processes, timeout=timeout, exit_fn=exits.append)
-    return dog, exits
+    reports = []
+    dog = parallel.PeerWatchdog(client, process_id, num_processes, timeout=timeout,
+                                on_peer_lost=reports.append)
+    return dog, reports
 
 
 def test_watchdog_names_the_peer_that_stopped_beating():
     client = FakeClient()
-    dog, exits = watch(client)
+    dog, exits = watch(client, process_id=1)  # not process 0, which would wait for the others to leave first
     dog.start()
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline and not exits:
-        client.key_value_set(f"{dog.PREFIX}1", str(time.monotonic()))  # process 1 beats, process 2 does not
+        client.key_value_set(f"{dog.PREFIX}0", str(time.monotonic()))  # process 0 beats, process 2 does not
         time.sleep(0.02)
     dog.finish()
-    assert exits == ["process 2 of 3 stopped (no heartbeat for 0.5 s: killed, crashed or hung)"]
-    assert client.store[f"{dog.PREFIX}0"] == "done"
+    message = "process 2 of 3 stopped (no heartbeat for 0.5 s: killed, crashed or hung)"
+    assert exits == [message] and dog.lost == message
+    # The library only reports (the process lives on); it tells the other processes this one cannot go on.
+    assert client.store[f"{dog.PREFIX}1"] == f"failed:{message}"
 
 
 def test_watchdog_stops_at_a_failed_peer_and_ignores_finished_ones():
@@ -278,6 +284,7 @@ def test_watchdog_stops_at_a_failed_peer_and_ignores_finished_ones():
     time.sleep(1.2)
     dog.finish(error="ignored")
     assert exits == ["process 2 of 3 failed: non-finite loss at step 7"]
+    assert dog.wait_for_lost_peer() == exits[0]
 
 
 # -------------------------------------------------------------------------------- tfds parts per process

@@ -1,4 +1,4 @@
-"""The registry contract (DESIGN.md): sorted names, refused duplicates, close matches, facts per model."""
+"""The registry contract (docs/architecture.md): sorted names, refused duplicates, close matches, model facts."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""jaxcnn.summary: layer tables and totals against reference counts, multiply-adds against REFERENCE.md."""
+"""jaxcnn.summary: layer tables and totals against reference counts, multiply-adds against docs/reference.md."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from jaxcnn import summary
 from jaxcnn.models import get_spec, list_models
 
-# REFERENCE.md, "Compute": multiply-adds per 224x224 image (torchvision's "GFLOPS" column, really GMACs).
+# docs/reference.md, "Compute": multiply-adds per 224x224 image (torchvision's "GFLOPS" column, really GMACs).
 REFERENCE_GMACS = {"alexnet": 0.714, "resnet18": 1.814, "vgg11": 7.609}
 
 
@@ -55,7 +55,7 @@ def test_resnet18_totals_and_depth():
 
 
 def test_model_kwargs_reach_the_builder():
-    # REFERENCE.md: torchvision GoogLeNet with both auxiliary heads.
+    # docs/reference.md: torchvision GoogLeNet with both auxiliary heads.
     assert summary.summarize_model("googlenet", depth=1, aux_logits=True).params == 13_004_888
 
 

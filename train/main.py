@@ -9,7 +9,7 @@ Exit status after a signal: 0 for SIGTERM (the checkpoint is saved; rerun to res
 Multi-process (one process per host, README "Multi-host training"): --distributed lets JAX detect the job
 (Cloud TPU pod slices, SLURM, Open MPI); elsewhere give every process --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I. A process that fails tells the others, and a process whose peer dies
-exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog).
+exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog reports the peer, `peer_lost` exits).
 """
 
 import logging
@@ -41,7 +41,7 @@ flags.DEFINE_integer("num_train_steps", None, "steps (> 0 overrides num_epochs)"
 flags.DEFINE_integer("batch_size", None, "global batch size")
 flags.DEFINE_float("learning_rate", None, "base learning rate")
 flags.DEFINE_integer("seed", None, "root random seed")
-flags.DEFINE_enum("parallel", None, ["pmap", "shard_map"], "multi-device driver")
+flags.DEFINE_enum("parallel", None, ["pmap", "shard_map", "jit", "fsdp"], "multi-device driver")
 flags.DEFINE_integer("checkpoint_every_steps", None, "checkpoint period")
 flags.DEFINE_integer("log_every_steps", None, "logging period")
 flags.DEFINE_string("init_from", None, "weights to start from: torchvision, keras (published ImageNet "
@@ -88,7 +88,17 @@ def start_distributed():
     values = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if not FLAGS.distributed and all(v is None for v in values):
         return None
-    return parallel.initialize_distributed(*values, peer_timeout=FLAGS.peer_timeout)
+    return parallel.initialize_distributed(*values, peer_timeout=FLAGS.peer_timeout, on_peer_lost=peer_lost)
+
+
+def peer_lost(message: str) -> None:
+    """The watchdog found another process dead: one line, status 1. os._exit, because the main thread may be
+    blocked in a collective that will never complete (and JAX's exit handler would wait for the dead peer)."""
+    import jax
+
+    print(f"error: {message}; process {jax.process_index()} exits", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def fail(e: BaseException, watchdog) -> int:
@@ -99,13 +109,14 @@ def fail(e: BaseException, watchdog) -> int:
     them at a barrier, and they are leaving too. A collective fails at once when a peer dies, so a runtime
     error first gives the watchdog the time to find a dead peer (it then exits with a line naming it).
     """
+    import threading
     import traceback
 
     import jax
 
     bad_input = isinstance(e, (ValueError, FileNotFoundError))
-    if watchdog is not None and isinstance(e, jax.errors.JaxRuntimeError):
-        watchdog.grace()
+    if watchdog is not None and isinstance(e, jax.errors.JaxRuntimeError) and watchdog.wait_for_lost_peer():
+        threading.Event().wait()  # the watchdog's thread is in `peer_lost`, which ends the process
     interrupted = isinstance(e, KeyboardInterrupt)
     if FLAGS.verbose or not (bad_input or interrupted):
         traceback.print_exception(e)

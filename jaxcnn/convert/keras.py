@@ -1,7 +1,7 @@
 """Keras models (or saved .keras / .weights.h5 files) -> flax variables.
 
 Supported: the seeds' Keras `mlp`, `lenet5` and `alexnet_bn` (rebuilt by `keras_reference`, from the
-description in REFERENCE.md), and `keras.applications` VGG16 / VGG19 -> our `vgg16` / `vgg19`.
+description in docs/reference.md), and `keras.applications` VGG16 / VGG19 -> our `vgg16` / `vgg19`.
 
 The layers with weights are matched in order: the k-th Keras layer that has weights fills the k-th flax module
 that has params (both follow the forward order). Keras keeps the flax layouts for conv (kH, kW, I, O) and dense

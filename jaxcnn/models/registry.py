@@ -17,7 +17,7 @@ import flax.linen as nn
 class ModelSpec:
     """The facts every registered model carries.
 
-    `params` is the reference count of the `params` collection at `num_classes` classes (REFERENCE.md);
+    `params` is the reference count of the `params` collection at `num_classes` classes (docs/reference.md);
     `min_size` is the smallest square input side the model accepts (equal to the input side for models
     whose dense head fixes the input size, `fixed_size=True`).
     """
