@@ -3,16 +3,20 @@
 XLA:CPU computes a convolution's weight gradient as another convolution with the batch as its contraction
 axis, after transposing both operands (NHWC -> CHWN): on a 2-core CPU those transposes and that oddly shaped
 convolution cost several times the forward pass (benchmarks/NOTES.md). Here the forward pass stays
-`lax.conv_general_dilated`, and the backward pass is written as im2col:
+`lax.conv_general_dilated`, and the backward pass is im2col:
 
     dW = patches(x)^T @ dy           one GEMM with the kernel taps x input channels as rows
     dx = conv(dy, flipped W)          stride 1: the transposed convolution is itself a forward convolution
     dx = col2im(dy @ W^T)             strided: a GEMM, then each tap's slice added back in place
 
+These are not a hand-written VJP but a `jax.custom_jvp` whose tangent is linear and written in the form whose
+transpose is the list above: reverse mode (grad) transposes it into these GEMMs, forward mode (jvp, jacfwd)
+evaluates it, and higher orders (Hessian-vector products) differentiate it like any JAX code.
+
 Same sums as autodiff's, in another order: results agree with `lax.conv_general_dilated`'s gradients to
-fp32 rounding (tests/test_conv.py). Used only where it pays: NHWC/HWIO, no dilation, no feature groups, on
-the CPU backend; everything else goes to `lax.conv_general_dilated` unchanged. `Conv` is `nn.Conv` with
-this function plugged in: same parameters, same names, same checkpoints.
+fp32 rounding (tests/test_conv.py). Used only where it pays: NHWC/HWIO, no dilation, no feature groups, and
+only in code lowered for CPU (`on_fast_platforms`); everything else is `lax.conv_general_dilated` unchanged.
+`Conv` is `nn.Conv` with this function plugged in: same parameters, same names, same checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 # Inputs with fewer channels keep XLA's own gradient: for a grey image (LeNet's C1) the concatenated patches
 # are single scalars and cost more than XLA's convolution. From RGB up the GEMM wins (a 7x7 stride-2 RGB stem's
@@ -32,6 +37,22 @@ MIN_CHANNELS = 3
 # The patches are the input copied kh*kw times (3.7 GB for a VGG layer at 224x224 and batch 32): above this
 # size the weight gradient is summed over slices of the batch instead of built at once.
 PATCH_BYTES = 256 * 2**20
+# Where the formulations of this module and of `layers.max_pool` were measured faster than XLA's own
+# (benchmarks/NOTES.md). Nobody measured them on GPU or TPU, which get plain lax ops. An empty tuple gives
+# plain lax ops everywhere (the reference the tests compare with).
+FAST_PLATFORMS = ("cpu",)
+
+
+def on_fast_platforms(fast, plain, *args):
+    """`fast(*args)` in code lowered for a platform of FAST_PLATFORMS, `plain(*args)` elsewhere.
+
+    Decided per lowering platform (`lax.platform_dependent`), not by the host's default backend: a function
+    jitted on a CPU host but placed on a GPU, or exported for several platforms, takes each path where it
+    belongs. Both are traced; only the chosen one is compiled.
+    """
+    if not FAST_PLATFORMS:
+        return plain(*args)
+    return lax.platform_dependent(*args, default=plain, **dict.fromkeys(FAST_PLATFORMS, fast))
 
 
 def _resolve(lhs_shape, rhs_shape, window_strides, padding):
@@ -62,78 +83,81 @@ def window_taps(xp, window_hw, strides, out_hw) -> list:
     return [xp[:, i:i + sh * (h - 1) + 1:sh, j:j + sw * (w - 1) + 1:sw, :] for i, j in tap_offsets(window_hw)]
 
 
-def place_tap(values, offset, strides, padded_hw):
-    """The transpose of one `window_taps` slice: `values` [N, h, w, C] put back at their input positions in a
-    zero [N, *padded_hw, C] array (a pad with interior zeros, which XLA fuses with the adds around it)."""
-    (i, j), (sh, sw), (hp, wp) = offset, strides, padded_hw
-    h, w = values.shape[1:3]
-    return lax.pad(values, jnp.zeros((), values.dtype), ((0, 0, 0), (i, hp - i - sh * (h - 1) - 1, sh - 1),
-                                                         (j, wp - j - sw * (w - 1) - 1, sw - 1), (0, 0, 0)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, w, strides, padding):
-    return _forward(x, w, strides, padding)
-
-
-def _conv_fwd(x, w, strides, padding):
-    return _forward(x, w, strides, padding), (x, w)
-
-
 def _batch_chunk(batch: int, bytes_per_example: int) -> int:
     """The largest divisor of `batch` whose patches fit in PATCH_BYTES (at least 1)."""
     return max([c for c in range(1, batch + 1) if batch % c == 0 and c * bytes_per_example <= PATCH_BYTES] or [1])
 
 
-def _weight_grad(x, w, dy, strides, padding):
+def _out_hw(x_hw, kernel_hw, strides, padding) -> tuple[int, int]:
+    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_hw, kernel_hw, strides, padding))
+
+
+def _patch_gemm(x, w, strides, padding):
+    """x * w as one GEMM over x's patches (im2col). Transposed in w it is dW = patches^T @ dy; transposed in x,
+    col2im(dy @ W^T)."""
     kh, kw, ci, co = w.shape
+    out_hw = _out_hw(x.shape[1:3], (kh, kw), strides, padding)
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    patches = jnp.concatenate(window_taps(xp, (kh, kw), strides, out_hw), axis=-1)
+    return (patches.reshape(-1, kh * kw * ci) @ w.reshape(-1, co)).reshape(x.shape[0], *out_hw, co)
 
-    def grad(x, dy):
-        xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-        patches = jnp.concatenate(window_taps(xp, (kh, kw), strides, dy.shape[1:3]), axis=-1)
-        return patches.reshape(-1, kh * kw * ci).T @ dy.reshape(-1, co)
 
+def _weight_tangent(x, dw, strides, padding):
+    """The term x * dw of the convolution's tangent, written so that its transpose, the weight gradient, is
+    patches^T @ dy. Under `jax.checkpoint` the patches are residuals of nothing: reverse mode builds them from x
+    in the backward pass, as a hand-written VJP would, instead of keeping every layer's from the forward."""
+    kh, kw, ci, co = dw.shape
+    gemm = jax.checkpoint(functools.partial(_patch_gemm, strides=strides, padding=padding))
     n = x.shape[0]
-    chunk = _batch_chunk(n, dy[0].size // co * kh * kw * ci * x.dtype.itemsize)
+    out_h, out_w = _out_hw(x.shape[1:3], (kh, kw), strides, padding)
+    chunk = _batch_chunk(n, out_h * out_w * kh * kw * ci * x.dtype.itemsize)
     if chunk == n:
-        dw = grad(x, dy)
-    else:  # a loop over slices of the batch, so that one slice's patches are alive at a time
-        dw = lax.map(lambda pair: grad(*pair), (x.reshape(n // chunk, chunk, *x.shape[1:]),
-                                                dy.reshape(n // chunk, chunk, *dy.shape[1:]))).sum(0)
-    return dw.reshape(kh, kw, ci, co)
+        return gemm(x, dw)
+    # A loop over slices of the batch, so that one slice's patches are alive at a time (in its transpose too:
+    # the checkpointed body rebuilds them per slice). dw goes in once per slice, so that the transpose stacks
+    # the slices' weight gradients and sums them at the end, as the tested hand-written loop did.
+    parts = n // chunk
+    slices = lax.map(lambda pair: gemm(*pair), (x.reshape(parts, chunk, *x.shape[1:]),
+                                                jnp.broadcast_to(dw, (parts, *dw.shape))))
+    return slices.reshape(n, *slices.shape[2:])
 
 
-def _input_grad(x, w, dy, strides, padding):
-    kh, kw, ci, co = w.shape
-    (pt, pb), (pl, pr) = padding
-    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
-    h, wo = dy.shape[1:3]
+def _input_tangent(dx, w, strides, padding):
+    """The term dx * w of the convolution's tangent, written so that its transpose is the fast input gradient."""
     if strides == (1, 1):
-        # The transposed stride-1 convolution: dy padded by k-1 (less the forward padding, plus the rows the
-        # forward window never reached), against the flipped kernel with its channel axes swapped.
-        pad = ((0, 0), (kh - 1 - pt, kh - 1 - pb + hp - kh + 1 - h), (kw - 1 - pl, kw - 1 - pr + wp - kw + 1 - wo),
-               (0, 0))
-        # lax.pad, not jnp.pad: a forward padding wider than k-1 makes a negative (cropping) pad.
-        return _forward(lax.pad(dy, jnp.zeros((), dy.dtype), [(a, b, 0) for a, b in pad]),
-                        jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), ((0, 0), (0, 0)))
-    columns = (dy.reshape(-1, co) @ w.reshape(-1, co).T).reshape(*dy.shape[:3], kh * kw, ci)
-    dxp = sum(place_tap(columns[:, :, :, t], offset, strides, (hp, wp))
-              for t, offset in enumerate(tap_offsets((kh, kw))))
-    return dxp[:, pt:hp - pb, pl:wp - pr, :]
+        # The same convolution, with w read as HWOI after swapping its channel axes: transposed, this is the
+        # forward convolution of dy with the flipped kernel in plain HWIO (XLA's own transpose of an HWIO
+        # convolution reads its kernel as HWOI, which XLA:CPU runs slower: benchmarks/NOTES.md).
+        return lax.conv_general_dilated(dx, w.transpose(0, 1, 3, 2), strides, padding,
+                                        dimension_numbers=("NHWC", "HWOI", "NHWC"))
+    # Strided: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice added back.
+    return _patch_gemm(dx, w, strides, padding)
 
 
-def _conv_bwd(strides, padding, residuals, dy):
-    x, w = residuals
-    return _input_grad(x, w, dy, strides, padding), _weight_grad(x, w, dy, strides, padding)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv(x, w, strides, padding):
+    return _forward(x, w, strides, padding)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+@functools.partial(_conv.defjvp, symbolic_zeros=True)
+def _conv_jvp(strides, padding, primals, tangents):
+    """The product rule of a bilinear map, d(x * w) = dx * w + x * dw, each term in the form whose transpose is
+    the fast gradient. Forward mode (jvp, jacfwd) evaluates these linear maps; reverse mode transposes them; higher
+    orders differentiate them like any JAX code. A zero tangent (inputs or weights not differentiated) skips
+    its term."""
+    (x, w), (dx, dw) = primals, tangents
+    terms = []
+    if not isinstance(dx, SymbolicZero):
+        terms.append(_input_tangent(dx, w, strides, padding))
+    if not isinstance(dw, SymbolicZero):
+        terms.append(_weight_tangent(x, dw, strides, padding))
+    return _conv(x, w, strides, padding), functools.reduce(jnp.add, terms)
 
 
 def uses_matmul_gradients(x_shape, w_shape, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                           feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
-    """Whether `conv_general_dilated` takes the im2col gradient path for these arguments."""
-    return (jax.default_backend() == "cpu" and _is_nhwc(dimension_numbers, len(x_shape))
+    """Whether `conv_general_dilated` takes the im2col gradient path for these arguments on FAST_PLATFORMS."""
+    return (_is_nhwc(dimension_numbers, len(x_shape))
             and feature_group_count == 1 and batch_group_count == 1
             and tuple(lhs_dilation or (1, 1)) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
             and w_shape[2] >= MIN_CHANNELS)
@@ -148,7 +172,9 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
             batch_group_count=batch_group_count):
         strides = tuple(int(s) for s in window_strides)
-        return _conv(lhs, rhs, strides, _resolve(lhs.shape, rhs.shape, strides, padding))
+        padding = _resolve(lhs.shape, rhs.shape, strides, padding)
+        return on_fast_platforms(functools.partial(_conv, strides=strides, padding=padding),
+                                 functools.partial(_forward, strides=strides, padding=padding), lhs, rhs)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
                                     preferred_element_type)
@@ -156,4 +182,4 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
-__all__ = ["Conv", "conv_general_dilated", "place_tap", "tap_offsets", "uses_matmul_gradients", "window_taps"]
+__all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_matmul_gradients", "window_taps"]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxcnn.conv import Conv, place_tap, tap_offsets, window_taps
+from jaxcnn.conv import Conv, on_fast_platforms, window_taps
 
 ModuleDef = Any
 Padding = int | str | Sequence[tuple[int, int]]
@@ -104,59 +104,63 @@ def max_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequenc
              padding: Padding = 0, ceil_mode: bool = False, per_tap_gradient: bool = True) -> jnp.ndarray:
     """torch `MaxPool2d(window, strides, padding, ceil_mode=...)` on NHWC; padding may be 'SAME'/'VALID'.
 
-    `per_tap_gradient=False` leaves the gradient to XLA's autodiff of reduce_window (the reference the
-    faster per-tap gradient is tested and benchmarked against).
+    On the platforms where it was measured faster (`conv.FAST_PLATFORMS`: CPU) the pool is computed per tap
+    (`_max_pool`); elsewhere, and with `per_tap_gradient=False`, it is `reduce_window` under XLA's autodiff
+    (the reference the per-tap pool is tested and benchmarked against).
     """
     window = pairs(window)
     strides = window if strides is None else pairs(strides)
     pads, _ = _resolve_padding(x, window, strides, padding, ceil_mode)
-    return (_max_pool if per_tap_gradient else _reduce_window_max)(x, window, strides, pads)
+    plain = functools.partial(_reduce_window_max, window=window, strides=strides, pads=pads)
+    if not per_tap_gradient:
+        return plain(x)
+    return on_fast_platforms(functools.partial(_max_pool, window=window, strides=strides, pads=pads), plain, x)
 
 
 def _reduce_window_max(x, window, strides, pads):
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
-def _padded_taps(x, window, strides, pads):
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+def _padded_taps(x, window, strides, pads, fill):
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=fill)
     out_hw = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:3], window, strides)]
-    return xp, window_taps(xp, window, strides, out_hw)
+    return window_taps(xp, window, strides, out_hw)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, strides, pads):
     # The maximum of the window's strided slices: one elementwise fusion, 1.8x faster on XLA:CPU than
     # reduce_window (a 3x3 stride-2 pool of 32x112x112x64: 62 -> 35 ms), and exactly the same values.
-    return functools.reduce(jnp.maximum, _padded_taps(x, window, strides, pads)[1])
+    return functools.reduce(jnp.maximum, _padded_taps(x, window, strides, pads, -jnp.inf))
 
 
-def _max_pool_fwd(x, window, strides, pads):
-    return _max_pool(x, window, strides, pads), (x,)
+@_max_pool.defjvp
+def _max_pool_jvp(window, strides, pads, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    first_max = jax.checkpoint(functools.partial(_first_max_tangent, window=window, strides=strides, pads=pads))
+    return _max_pool(x, window, strides, pads), first_max(x, dx)
 
 
-def _max_pool_bwd(window, strides, pads, residuals, dy):
-    """Each output's gradient goes to the first maximum of its window in row-major order, as in torch.
+def _first_max_tangent(x, dx, window, strides, pads):
+    """Each output's tangent is that of the first maximum of its window in row-major order, as in torch.
 
-    Autodiff of reduce_window would do the same through select-and-scatter, which XLA:CPU runs as a
-    reduce-window carrying argmax indices: 3-7% of a ResNet-18 step (benchmarks/NOTES.md). Written per tap,
-    the backward pass is compares, selects and pads that fuse into a few loops.
+    Linear in dx, and transposed by reverse mode into the gradient that sends each output's cotangent to that
+    element: compares, selects and pads that fuse into a few loops. Autodiff of reduce_window would do the same
+    through select-and-scatter, which XLA:CPU runs as a reduce-window carrying argmax indices: 3-7% of a
+    ResNet-18 step (benchmarks/NOTES.md). Under `jax.checkpoint` (see `_max_pool_jvp`) the comparisons are
+    redone in the backward pass from x rather than kept from the forward.
     """
-    (x,) = residuals
-    xp, taps = _padded_taps(x, window, strides, pads)
+    taps = _padded_taps(x, window, strides, pads, -jnp.inf)
     # The maximum again, from the very slices compared below: the forward output may come from a fusion that
     # recomputed x with other rounding, and an equality test against it would then miss.
     y = functools.reduce(jnp.maximum, taps)
     taken = jnp.zeros(y.shape, bool)
-    dxp = jnp.zeros_like(xp)
-    for offset, seen in zip(tap_offsets(window), taps):
+    tangent = jnp.zeros_like(y)
+    for seen, moved in zip(taps, _padded_taps(dx, window, strides, pads, 0)):
         first = (seen == y) & ~taken
         taken = taken | first
-        dxp = dxp + place_tap(jnp.where(first, dy, 0), offset, strides, xp.shape[1:3])
-    (pt, pb), (pl, pr) = pads
-    return (dxp[:, pt:xp.shape[1] - pb, pl:xp.shape[2] - pr, :],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+        tangent = tangent + jnp.where(first, moved, 0)
+    return tangent
 
 
 def avg_pool(x: jnp.ndarray, window: int | Sequence[int], strides: int | Sequence[int] | None = None,

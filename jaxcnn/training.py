@@ -7,7 +7,7 @@ Public API (what `train.loop` uses)
     -> TrainState. Initializes the variables (`init_variables`: a jitted `model.init` on a zeros batch of
     shape (1, *input_shape) in train mode, so auxiliary heads get their params) unless `variables` are given
     (pretrained weights), and the optimizer from `jaxcnn.optim.build_optimizer` (`trainable` freezes parts).
-    `rng` is a `jax.random.PRNGKey`; the state keeps a derived key for dropout. The state lives on the host;
+    `rng` is a typed key (`jax.random.key`); the state keeps a derived key for dropout. The state lives on the host;
     hand it to `driver.put_state` (`jaxcnn.parallel`).
 `step_functions(config, num_classes) -> (train_fn, eval_fn)`
     `train_step` / `eval_step` with the config's loss settings bound, ready for `parallel.make_driver`.
@@ -53,7 +53,9 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: optax.OptState
-    rng: jax.Array  # root key of the per-step dropout keys
+    # The data (uint32) of the root key of the per-step dropout keys: a plain array, which the drivers' host
+    # copies and the checkpoints move like every other leaf. `dropout_key` wraps it back into a typed key.
+    rng: jax.Array
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     plateau: optax.GradientTransformationExtraArgs | None = flax.struct.field(pytree_node=False, default=None)
@@ -95,7 +97,7 @@ def create_train_state(model, config, rng: jax.Array, input_shape, steps_per_epo
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tx, _ = optim.build_optimizer(config, steps_per_epoch, trainable)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=state_key, apply_fn=model.apply, tx=tx,
+                      opt_state=tx.init(params), rng=jax.random.key_data(state_key), apply_fn=model.apply, tx=tx,
                       plateau=optim.build_plateau(config))
 
 
@@ -152,7 +154,7 @@ def _psum(tree, axis_name):
 
 def dropout_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
     """fold_in(fold_in(state.rng, step), device index): new masks every step and on every device."""
-    key = jax.random.fold_in(state.rng, state.step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
 
 

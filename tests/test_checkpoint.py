@@ -248,7 +248,7 @@ def test_init_from_saved_variables_with_a_frozen_backbone(tmp_path):
     from train import loop
     from train.configs import recipe_for
 
-    variables = training.init_variables(models.get_model("lenet5", num_classes=10), jax.random.PRNGKey(7),
+    variables = training.init_variables(models.get_model("lenet5", num_classes=10), jax.random.key(7),
                                         (28, 28, 1))
     ckpt.save_variables(tmp_path / "init", variables,
                         dict(model="lenet5", num_classes=10, image_shape=(28, 28, 1)))

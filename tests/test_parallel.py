@@ -54,11 +54,11 @@ def _batch(size=GLOBAL_BATCH, seed=0):
 
 @functools.cache
 def _variables():
-    return training.init_variables(TinyBNNet(), jax.random.PRNGKey(0), (8, 8, 2))
+    return training.init_variables(TinyBNNet(), jax.random.key(0), (8, 8, 2))
 
 
 def _state(model, config):
-    return training.create_train_state(model, config, jax.random.PRNGKey(0), (8, 8, 2), steps_per_epoch=10,
+    return training.create_train_state(model, config, jax.random.key(0), (8, 8, 2), steps_per_epoch=10,
                                        variables=_variables())
 
 

@@ -61,11 +61,11 @@ def tiny_batch(size=8, num_classes=4, seed=0):
 @pytest.fixture(scope="module")
 def tiny_vars():
     """TinyNet's variables, initialized once (random initializers are slow to compile on CPU)."""
-    return training.init_variables(TinyNet(), jax.random.PRNGKey(0), (4, 4, 1))
+    return training.init_variables(TinyNet(), jax.random.key(0), (4, 4, 1))
 
 
 def tiny_state(variables, config, model=None, trainable=None):
-    return training.create_train_state(model or TinyNet(), config, jax.random.PRNGKey(0), (4, 4, 1),
+    return training.create_train_state(model or TinyNet(), config, jax.random.key(0), (4, 4, 1),
                                        steps_per_epoch=10, trainable=trainable, variables=variables)
 
 
@@ -102,7 +102,7 @@ def lenet_losses():
     config = make_config(optimizer="adam", learning_rate=3e-3)
     train_fn, eval_fn = training.step_functions(config, 10)
     driver = parallel.make_driver("single", train_fn, eval_fn)
-    state = driver.put_state(training.create_train_state(get_model("lenet5"), config, jax.random.PRNGKey(0),
+    state = driver.put_state(training.create_train_state(get_model("lenet5"), config, jax.random.key(0),
                                                          (28, 28, 1), steps_per_epoch=1))
     batch, losses = patterned_mnist_like(), []
     for _ in range(30):

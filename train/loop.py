@@ -155,7 +155,7 @@ def initial_state(s: Setup, steps_per_epoch: int):
     `reinit_head` the head keeps a fresh initialization (for a different class count).
     """
     config = s.config
-    rng = jax.random.PRNGKey(int(config.seed))
+    rng = jax.random.key(int(config.seed))
     trainable = optim.head_trainable if config.freeze_backbone else None
     if not config.init_from:
         return training.create_train_state(s.model, config, rng, s.image_shape, steps_per_epoch,
@@ -518,7 +518,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     s = setup(config, workdir)
     pipeline = make_pipeline(config, split, train=False, image_shape=s.image_shape,
                              batch_size=config.eval_batch_size)
-    state = training.create_train_state(s.model, config, jax.random.PRNGKey(int(config.seed)), s.image_shape,
+    state = training.create_train_state(s.model, config, jax.random.key(int(config.seed)), s.image_shape,
                                         max(int(pipeline.steps_per_epoch), 1))
     restored = ckpt.restore_latest(workdir, state) if ckpt.list_steps(workdir) else None
     if restored is None and config.init_from:  # evaluate the --init_from weights themselves
