@@ -38,6 +38,7 @@ EMBEDDED = os.path.join(ROOT, "jaxcnn", "data", "embedded_mnist.npz")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the 'dataset' normalization ours applies (jaxcnn.data.pipeline.STATS)
 PEERS = ("ours", "ours-cold", "keras-tensorflow", "keras-jax")
 BEST = re.compile(r"best validation top-1: ([0-9.]+)")
+PROGRESS = re.compile(r"(?<![\d.])[1-9]\d*/\d+")  # 'step 50/3120' or a progress bar's '50/3120': a step done
 
 
 # ------------------------------------------------------------------------------------------- Keras child
@@ -93,9 +94,10 @@ def run_ours(extra_args: list[str], cache_home: str) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(JAXCNN_HOME=cache_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        first_line_s = None
-        for line in proc.stderr:  # progress lines go to stderr (one per update: not a terminal)
-            if first_line_s is None and line.startswith("step "):
+        first_line_s, seen = None, ""
+        while chunk := os.read(proc.stderr.fileno(), 65536).decode(errors="replace"):
+            seen = (seen + chunk)[-4096:]  # the progress report goes to stderr, '\n' or '\r' separated
+            if first_line_s is None and PROGRESS.search(seen):
                 first_line_s = time.perf_counter() - t0
         out = proc.stdout.read()
         proc.wait()
@@ -145,6 +147,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--peers", default="ours,keras-tensorflow,keras-jax", help=f"from {', '.join(PEERS)}")
     parser.add_argument("--ours_args", default="", help="extra flags for train.main (e.g. a lever to measure)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--cache_home", default=None, help="JAXCNN_HOME of the 'ours' runs (default: a fresh "
+                        "directory that the warm-up round fills)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--keras_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,7 +161,8 @@ def main(argv=None) -> dict:
         parser.error(f"unknown peer {unknown[0]!r}; choose from {', '.join(PEERS)}")
 
     results: dict[str, list[dict]] = {p: [] for p in peers}
-    with tempfile.TemporaryDirectory() as warm_home:  # our compilation cache, kept across this script's runs
+    with tempfile.TemporaryDirectory() as fresh_home:  # our compilation cache, kept across this script's runs
+        warm_home = args.cache_home or fresh_home
         for round_ in range(args.warmup + args.runs):
             for peer in peers:
                 r = run_peer(peer, args.ours_args.split(), warm_home)
