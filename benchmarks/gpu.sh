@@ -28,7 +28,7 @@ part() {  # part NAME SECONDS COMMAND...: run one part with a time bound, rememb
 }
 
 if [[ ${GPU_SMOKE:-0} == 1 ]]; then
-    STEP_ARGS=(--model=resnet18 --batch_size=2 --image_size=64 --steps=2)
+    STEP_ARGS=(--model=lenet5 --batch_size=8 --image_size=28 --steps=2)
     JOB_ARGS=(--runs=1 --warmup=0 --peers=ours --ours_args=--num_train_steps=20)
     TESTS=(tests/test_parallel.py -k "indivisible or unknown")
 else
