@@ -1,5 +1,6 @@
-"""The README's performance table: `train_step.py --vs=torch` for each benchmarked model, one process each
-(so every peak RSS is that model's own), then the input pipeline, as a Markdown table.
+"""The README's performance table: `train_step.py --vs=torch` for each benchmarked model (`--vs=torch,keras`
+where keras.applications has the model), one process each (so every peak RSS is that model's own), then the
+input pipeline, as a Markdown table.
 
     python benchmarks/table.py [--models=lenet5,resnet18] [--steps=10] [--json_dir=DIR]
 """
@@ -15,7 +16,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = ("lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50")
+MODELS = ("lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "inception_v3", "densenet121")
+KERAS = ("vgg16", "resnet50", "inception_v3", "densenet121")  # with a keras.applications peer (--vs=keras)
 
 
 def run(script: str, args: list[str], json_path: str) -> dict:
@@ -47,15 +49,18 @@ def main(argv=None) -> None:
     huge_pages = "off" if os.environ.get("JAXCNN_NO_HUGE_PAGES") else "on"  # each run re-execs (jaxcnn/hugepages.py)
     print(f"{cpu_name()}, {os.cpu_count()} cores, fp32, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
           f"huge pages {huge_pages}\n")
-    print("| model | batch @ size | ours img/s | torch img/s | ours / torch | compile s | peak RSS MB "
-          "| RSS / bound | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | batch @ size | ours img/s | torch img/s | ours / torch | Keras-JAX img/s | ours / Keras "
+          "| compile s | peak RSS MB | RSS / bound | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        r = run("train_step.py", [f"--model={model}", "--vs=torch", f"--steps={args.steps}"],
+        peers = "torch,keras" if model in KERAS else "torch"
+        r = run("train_step.py", [f"--model={model}", f"--vs={peers}", f"--steps={args.steps}"],
                 os.path.join(out, f"{model}.json"))
+        keras = (f"{r['keras_images_per_sec']:.1f} | {r['keras_ratio']:.2f}" if r.get("keras_ratio")
+                 else "- | -")
         print(f"| {model} | {r['batch_size']} @ {r['image_size']} | {r['images_per_sec']:.1f} "
-              f"| {r['torch_images_per_sec']:.1f} | {r['ratio']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} "
-              f"| {r['rss_over_bound']:.2f} | {r['mfu']:.2f} |", flush=True)
+              f"| {r['torch_images_per_sec']:.1f} | {r['ratio']:.2f} | {keras} | {r['compile_s']:.1f} "
+              f"| {r['peak_rss_mb']:.0f} | {r['rss_over_bound']:.2f} | {r['mfu']:.2f} |", flush=True)
     r = run("input_pipeline.py", [], os.path.join(out, "input_pipeline.json"))
     print(f"\nInput pipeline: CIFAR-size {r['cifar_images_per_sec']:.0f} img/s "
           f"({r['cifar_ratio']:.1f}x what resnet18 consumes at 32x32), ImageNet-size "

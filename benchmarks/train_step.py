@@ -1,10 +1,13 @@
 """Images/sec of a full train step (forward, backward, optimizer update, BatchNorm update), ours vs torch.
 
     python benchmarks/train_step.py --model=resnet18 --vs=torch --json=out.json
+    python benchmarks/train_step.py --model=resnet50 --vs=keras     # keras.applications on Keras's JAX backend
 
 Ours is `jaxcnn.training.train_step` jitted once with the state donated, on one device, exactly as the
 trainer runs it. With `--vs=torch` the same model from torchvision (a plain torch module for lenet5) takes
-SGD-momentum steps on the same batch in the same process. Reported: the median over `--steps` timed steps
+SGD-momentum steps on the same batch in the same process; with `--vs=keras` the keras.applications model
+(vgg16, resnet50, inception_v3, densenet121; weights=None) does, through `train_on_batch` on Keras's JAX
+backend, compiled with XLA like ours (the same-backend peer). Reported: the median over `--steps` timed steps
 after warm-up, the first step's compile time, peak RSS, and MFU = achieved FLOP/s (XLA's cost analysis of
 the compiled step) / the measured f32 matmul peak (`jnp.dot` on 2048x2048).
 Memory: peak RSS of the process before torch runs, against the bound params + grads + optimizer state +
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import time
@@ -24,6 +28,7 @@ from jaxcnn import hugepages
 
 if __name__ == "__main__":
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # --vs=keras: the same backend as ours (read at keras import)
 
 import jax
 import jax.numpy as jnp
@@ -168,16 +173,45 @@ def bench_torch(model_name: str, batch: dict, steps: int) -> float:
     return time_steps(run, steps)
 
 
+KERAS_APPS = {"vgg16": "VGG16", "resnet50": "ResNet50", "inception_v3": "InceptionV3",
+              "densenet121": "DenseNet121"}  # ours -> keras.applications (weights=None)
+
+
+def bench_keras(model_name: str, batch: dict, steps: int) -> float:
+    """Seconds per `train_on_batch` of the keras.applications model on Keras's JAX backend (jit-compiled,
+    SGD momentum, the same batch): the same-backend peer. Keras' ResNet50 is v1 (stride on the first 1x1)
+    and its InceptionV3/DenseNet121 differ from torchvision's in small details (biases, BatchNorm epsilon)."""
+    if model_name not in KERAS_APPS:
+        raise SystemExit(f"error: --vs=keras covers {', '.join(KERAS_APPS)}, not {model_name}")
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit(f"error: Keras runs on {keras.backend.backend()}; the peer needs KERAS_BACKEND=jax")
+    keras.utils.set_random_seed(0)
+    app = getattr(keras.applications, KERAS_APPS[model_name])
+    model = app(weights=None, input_shape=batch["image"].shape[1:], classes=get_spec(model_name).num_classes,
+                classifier_activation=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = batch["image"], batch["label"]
+    return time_steps(lambda: model.train_on_batch(x, y), steps)  # returns the loss: it waits for the step
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--vs", choices=["torch", "none"], default="none")
+    parser.add_argument("--vs", default="none",
+                        help="peers on the same batch in this process: torch (torchvision), keras "
+                             "(keras.applications on Keras's JAX backend), torch,keras, or none")
     parser.add_argument("--json", default=None)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args(argv)
+    peers = set(args.vs.split(",")) - {"none"}
+    if peers - {"torch", "keras"}:
+        parser.error(f"--vs takes torch, keras, torch,keras or none, not {args.vs!r}")
 
     batch = random_batch(args.model, args.batch_size, args.image_size)
     batch_size, size = batch["image"].shape[:2]
@@ -188,7 +222,7 @@ def main(argv=None) -> dict:
     result = {
         "model": args.model, "dtype": args.dtype, "batch_size": batch_size, "image_size": size,
         "images_per_sec": batch_size / ours["seconds"],
-        "torch_images_per_sec": None, "ratio": None,
+        "torch_images_per_sec": None, "ratio": None, "keras_images_per_sec": None, "keras_ratio": None,
         "compile_s": ours["compile_s"],
         "peak_rss_mb": ours["peak_rss_mb"],  # before torch runs: ours alone
         "baseline_rss_mb": baseline_rss,
@@ -200,9 +234,12 @@ def main(argv=None) -> dict:
         "matmul_peak_gflops": peak / 1e9,
         "device": str(jax.devices()[0]),
     }
-    if args.vs == "torch":
+    if "torch" in peers:
         result["torch_images_per_sec"] = batch_size / bench_torch(args.model, batch, args.steps)
         result["ratio"] = result["images_per_sec"] / result["torch_images_per_sec"]
+    if "keras" in peers:
+        result["keras_images_per_sec"] = batch_size / bench_keras(args.model, batch, args.steps)
+        result["keras_ratio"] = result["images_per_sec"] / result["keras_images_per_sec"]
     return report(result, args.json)
 
 

@@ -1,6 +1,7 @@
 """Test set-up: 8 forced CPU devices, set before jax is imported anywhere."""
 
 import os
+import tempfile
 
 # Tests run many small programs once each, so XLA's compile time dominates: trade the generated code's speed
 # for a compiler about 2-4x faster (same fp32 semantics; checked against torch/TF at the same tolerances).
@@ -11,6 +12,8 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The trainer's compilation cache (train/compile_cache.py) goes to a directory of this session, not the user's.
+os.environ.setdefault("JAXCNN_HOME", tempfile.mkdtemp(prefix="jaxcnn-tests-"))
 
 # torch must be imported before TensorFlow: the other order segfaults while torch probes for triton
 # (TF's bundled LLVM symbols clash with triton's). Importing it here fixes the order for every test module.

@@ -50,6 +50,7 @@ import numpy as np
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import models, optim, parallel, training
+from train.prefetch import prefetch_to_device
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +359,8 @@ class StopSignals:
 
 
 def poisoned(batch: dict) -> dict:
-    """The batch with NaN images (config.debug_nan_step)."""
-    return {**batch, "image": np.full_like(batch["image"], np.nan)}
+    """The batch with NaN images (config.debug_nan_step); a batch already on the device stays there."""
+    return {**batch, "image": batch["image"] * np.float32(np.nan)}
 
 
 def batches(pipeline, position: ckpt.Position, steps_per_epoch: int) -> Iterator[tuple[ckpt.Position, dict]]:
@@ -469,7 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     interrupted = None
     with StopSignals(synchronized=jax.process_count() > 1) as stop:
         try:
-            stream = batches(train_data, position, steps_per_epoch)
+            stream = prefetch_to_device(batches(train_data, position, steps_per_epoch), driver.put_batch)
             while step < num_steps and not stop.received:
                 position, batch = next(stream)
                 if step + 1 == config.debug_nan_step:

@@ -26,6 +26,8 @@ if __name__ == "__main__":
 from absl import app, flags
 from ml_collections import config_flags
 
+from train import compile_cache
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before tensorflow is imported anywhere
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up banner on stderr
 
@@ -141,6 +143,7 @@ def main(argv):
 
         print("\n".join(models.list_models()))
         return 0
+    compile_cache.enable()  # before the first compilation: a rerun loads the compiled steps from disk
     watchdog = None
     try:
         watchdog = start_distributed()  # before anything touches a JAX backend

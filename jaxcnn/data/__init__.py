@@ -44,7 +44,9 @@ Contract
 TensorFlow is kept off GPUs (the accelerators belong to JAX): importing this package hides them from TF.
 """
 
-import tensorflow as tf
+from jaxcnn.data.tensorflow_import import import_tensorflow
+
+tf = import_tensorflow()  # before any other module of the package imports it: without Keras
 
 try:
     tf.config.set_visible_devices([], "GPU")
