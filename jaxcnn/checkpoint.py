@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
@@ -175,8 +176,9 @@ class Checkpoints:
             state=ocp.args.StandardSave(state_to_tree(state)),
             position=ocp.args.JsonSave(dataclasses.asdict(position)),
             metadata=ocp.args.JsonSave(dict(metadata)))
-        # Unevaluated checkpoints carry top1=None (ranked last) so that every save has metrics.
-        top1 = None if metrics is None else float(metrics["top1"])
+        # Unevaluated checkpoints carry top1=None (ranked last) so that every save has metrics; so do
+        # evaluations with a non-finite number, which cannot be the best whatever their top-1 says.
+        top1 = float(metrics["top1"]) if metrics is not None and _finite_metrics(metrics) else None
         self.manager.save(step, args=args, metrics={"top1": top1}, force=True)
         self.manager.wait_until_finished()
         return step
@@ -212,9 +214,14 @@ class Checkpoints:
 
 
 def _top1(metrics: Mapping | None) -> float:
-    """Validation top-1 for ranking; checkpoints saved without an evaluation rank last."""
+    """Validation top-1 for ranking; checkpoints saved without a finite evaluation rank last."""
     top1 = (metrics or {}).get("top1")
-    return float("-inf") if top1 is None else float(top1)
+    return float(top1) if top1 is not None and math.isfinite(float(top1)) else float("-inf")
+
+
+def _finite_metrics(metrics: Mapping) -> bool:
+    """Whether every number of an evaluation is finite (a NaN loss marks a diverged network)."""
+    return all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, (int, float, np.number)))
 
 
 def restore_latest(workdir: str | Path, target_state: Any) -> tuple[Any, Position, dict] | None:

@@ -114,10 +114,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int | None 
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """1.0 where the true class is among the k largest logits (ties counted in its favour), else 0.0."""
+    """1.0 where the true class is among the k largest logits, else 0.0.
+
+    Pessimistic, so that a broken network cannot look good: a class tied with the true one ranks above it
+    (all-equal logits score 0, not 1), and an example with any NaN logit counts as wrong.
+    """
     true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > true_logit, axis=-1)
-    return (rank < k).astype(jnp.float32)
+    rivals = jnp.sum(logits >= true_logit, axis=-1) - 1  # the classes at least as likely, the true one aside
+    finite = ~jnp.any(jnp.isnan(logits), axis=-1)
+    return ((rivals < k) & finite).astype(jnp.float32)
 
 
 def _per_example(logits, labels, num_classes=None, label_smoothing=0.0) -> dict:

@@ -160,6 +160,23 @@ def test_top1_top5_counts():
     assert float(training.compute_metrics(logits[:, :3], np.array([0, 1, 2]))["top5"]) == 1.0
 
 
+def test_ties_and_nans_count_against_the_true_class():
+    labels = np.array([0, 3, 2])
+    constant = np.zeros((3, 10), np.float32)  # a dead network: every class equally likely
+    metrics = training.compute_metrics(constant, labels)
+    assert float(metrics["top1"]) == 0.0 and float(metrics["top5"]) == 0.0
+    # The true class tied with 1 rival: top-1 wrong, top-2 right; tied with 5 rivals: out of the top 5.
+    tied = np.array([[3, 3, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 2, 2, 0, 0]], np.float32)
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 1), [0, 0, 0])
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 2), [1, 0, 1])
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 5), [1, 0, 1])
+    # One NaN anywhere in an example's logits makes it wrong, even where the true class is otherwise ahead.
+    nan = np.array([[9, np.nan, 0, 0], [np.nan] * 4, [0, 0, 9, 0]], np.float32)
+    np.testing.assert_array_equal(training.top_k_correct(nan, labels, 1), [0, 0, 1])
+    metrics = training.compute_metrics(np.full((3, 10), np.nan, np.float32), labels)
+    assert float(metrics["top1"]) == 0.0 and float(metrics["top5"]) == 0.0
+
+
 def test_aux_loss_adds_weighted_aux_cross_entropy(tiny_vars):
     state = tiny_state(tiny_vars, make_config(learning_rate=0.1))
     batch = tiny_batch()

@@ -245,8 +245,10 @@ class MetricsLog:
         self._writer.flush()
 
     def best(self) -> tuple[float, int] | None:
-        """(top1, step) of the best validation record so far (the earliest on ties)."""
-        evals = [r for r in self.records if r["split"] == "validation" and _finite(r.get("top1"))]
+        """(top1, step) of the best validation record so far (the earliest on ties); evaluations with a
+        non-finite loss or top-1 (a diverged network) do not count."""
+        evals = [r for r in self.records
+                 if r["split"] == "validation" and _finite(r.get("top1")) and _finite(r.get("loss"))]
         if not evals:
             return None
         best = max(evals, key=lambda r: (r["top1"], -r["step"]))
