@@ -166,15 +166,24 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, num_classes: int | None = None,
-               label_smoothing: float = 0.0, aux_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
-    """One SGD step on this device's part of the batch; see the module docstring."""
+               label_smoothing: float = 0.0, aux_loss_weight: float = 0.0,
+               frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+    """One SGD step on this device's part of the batch; see the module docstring.
+
+    With `frozen_backbone` (config.freeze_backbone: only the head learns) the model runs in inference mode,
+    as Keras runs a base model with trainable=False: BatchNorm normalizes with its running statistics and
+    leaves them as they are, dropout is off, auxiliary heads are silent. The frozen part is then a fixed
+    feature extractor, and its statistics do not drift towards the new data.
+    """
     images, labels = batch["image"], batch["label"]
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, new_vars = state.apply_fn(variables, images, train=True,
+        logits, new_vars = state.apply_fn(variables, images, train=not frozen_backbone,
                                           rngs={"dropout": dropout_key(state, axis_name)},
                                           mutable=["batch_stats", "aux"])
+        if frozen_backbone:
+            new_vars = {"batch_stats": state.batch_stats}
         loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
         # Each leaf of the sown 'aux' collection is one auxiliary head's logits (none outside GoogLeNet/Inception).
         aux_losses = [jnp.mean(cross_entropy(a, labels, num_classes, label_smoothing))
@@ -220,7 +229,8 @@ def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> d
 def step_functions(config, num_classes: int) -> tuple[Callable, Callable]:
     """`train_step` and `eval_step` with the config's loss settings bound (axis_name is left to the driver)."""
     train_fn = functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing,
-                                 aux_loss_weight=config.aux_loss_weight)
+                                 aux_loss_weight=config.aux_loss_weight,
+                                 frozen_backbone=bool(config.freeze_backbone))
     return train_fn, eval_step
 
 

@@ -306,6 +306,32 @@ def test_freezing_leaves_frozen_params_bit_identical(tiny_vars):
     assert float(np.max(np.abs(new.params["head"]["kernel"] - state.params["head"]["kernel"]))) > 0.05
 
 
+def test_freeze_backbone_freezes_its_batchnorm_statistics_too():
+    """resnet18 with freeze_backbone: two steps on batches far from the init statistics move the head and
+    nothing else, params or batch_stats (BatchNorm runs in inference mode, as Keras's trainable=False)."""
+    model = get_model("resnet18", num_classes=4)
+    config = make_config(freeze_backbone=True, learning_rate=0.1, momentum=0.9)
+    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (32, 32, 3), 10,
+                                        trainable=optim.head_trainable)
+    step = jax.jit(training.step_functions(config, 4)[0])
+    rng = np.random.default_rng(0)
+    new = state
+    for _ in range(2):
+        batch = {"image": (3.0 + 2.0 * rng.normal(size=(8, 32, 32, 3))).astype(np.float32),
+                 "label": rng.integers(0, 4, size=8).astype(np.int32)}
+        new, metrics = step(new, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert state.batch_stats and set(new.params) - {"fc"}
+    for collection in ("params", "batch_stats"):
+        before, after = getattr(state, collection), getattr(new, collection)
+        for name in before:
+            if collection == "params" and name == "fc":
+                continue
+            assert leaves_equal(after[name], before[name]), (collection, name)
+    for leaf in ("kernel", "bias"):
+        assert float(np.max(np.abs(new.params["fc"][leaf] - state.params["fc"][leaf]))) > 1e-4, leaf
+
+
 def test_apply_if_finite_skips_a_nan_update_and_counts_it(tiny_vars):
     state = tiny_state(tiny_vars, make_config(learning_rate=0.1, skip_nonfinite=True))
     step = jit_step()

@@ -163,15 +163,12 @@ def validate(config: Mapping) -> None:
 
 
 def validate_flags(values: Mapping[str, Any]) -> None:
-    """The same for the numeric flags outside the config (None: not given)."""
+    """The same for each numeric flag outside the config (None: not given)."""
     for name, rule in FLAG_RULES.items():
         value = values.get(name)
         if value is not None and not rule.accepts(value):
             raise ValueError(f"invalid --{name}={value!r}: must be {rule.describe()}")
-    count, index = values.get("num_processes"), values.get("process_id")
-    if count is not None and index is not None and index >= count:
-        raise ValueError(f"invalid --process_id={index}: must be an integer in [0, {count - 1}] "
-                         f"for --num_processes={count}")
+    # How the process flags fit together is jaxcnn.parallel.check_distributed_args's to say.
 
 
 def rule_for(flag: str) -> Range | None:
@@ -188,6 +185,46 @@ def unparsable_flag_message(error: Exception) -> str:
         lines = str(error).strip().splitlines()
         return lines[0] if lines else type(error).__name__
     return f"invalid --{match.group(1)}={match.group(2)}: must be {rule.describe()}"
+
+
+# Fields a resume may change without changing the training: periods of logs and checkpoints, where the data
+# lies, the multi-device driver (pmap and shard_map compute the same steps).
+SAFE_FIELDS = frozenset({"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "parallel"})
+# Safe unless the schedule reads them: the run's length shapes a cosine decay, and the evaluations drive
+# reduce-on-plateau.
+SAFE_UNLESS_SCHEDULE = {"num_epochs": "cosine", "num_train_steps": "cosine", "eval_every_steps": "plateau",
+                        "eval_steps": "plateau", "eval_batch_size": "plateau", "eval_split": "plateau"}
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{dotted name: value} of a nested config dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def is_safe(name: str, schedule: str) -> bool:
+    return name in SAFE_FIELDS or (name in SAFE_UNLESS_SCHEDULE and SAFE_UNLESS_SCHEDULE[name] != schedule)
+
+
+def training_changes(saved: Mapping, config: Mapping) -> tuple[list, list]:
+    """([(field, old, new)] that change the training, [(field, old, new)] that are safe) between the config
+    a checkpoint recorded (`saved`, plain JSON) and a rerun's. Fields the checkpoint did not record (added to
+    the code since) are not compared."""
+    old, new = flatten(saved), flatten(plain(config))
+    differ = [(k, old[k], new[k]) for k in sorted(old) if k in new and old[k] != new[k]]
+    schedule = old.get("schedule")
+    return ([d for d in differ if not is_safe(d[0], schedule)], [d for d in differ if is_safe(d[0], schedule)])
+
+
+def describe_changes(changes: list, limit: int = 6) -> str:
+    """'batch_size 32 -> 64, optimizer 'sgd' -> 'adam'' (the first `limit`, then how many more)."""
+    text = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes[:limit])
+    return text + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def plain(config: Mapping) -> dict:
