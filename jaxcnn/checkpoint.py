@@ -201,13 +201,13 @@ class Checkpoints:
                     state=ocp.args.StandardRestore(tree), position=ocp.args.JsonRestore(),
                     metadata=ocp.args.JsonRestore()))
                 state = tree_to_state(target_state, restored.state)
-            except Exception as e:  # noqa: BLE001 - unreadable (skipped, loudly) or another structure (raised)
+            except Exception as e:  # noqa: BLE001 - unreadable (skipped, loudly) or of another structure
                 step_dir = self.directory / str(step)
                 difference = structure_difference(step_dir, tree)
                 if difference is not None:
                     raise CheckpointMismatch(
-                        f"checkpoint {step_dir} holds a train state of another structure ({difference}): it was "
-                        f"made with other settings; rerun with those, or start a new --workdir with "
+                        f"checkpoint {step_dir} holds a train state of another structure ({difference}): it "
+                        f"was made with other settings; rerun with those, or start a new --workdir with "
                         f"--init_from={self.directory.parent}") from e
                 log.warning("skipping corrupt checkpoint %s: it cannot be read (%s); it is left as it is",
                             step_dir, typed_first_line(e))
@@ -247,8 +247,7 @@ def restore_latest(workdir: str | Path, target_state: Any) -> tuple[Any, Positio
 
 def _stored_tree(step_dir: Path) -> dict:
     """The stored state's tree of array metadata (shapes, dtypes), read without its arrays."""
-    metadata = ocp.PyTreeCheckpointer().metadata(step_dir / "state")
-    return dict(getattr(getattr(metadata, "item_metadata", None), "tree", None) or metadata.item_metadata)
+    return dict(ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree)
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple]:
@@ -266,9 +265,9 @@ def structure_difference(step_dir: Path, tree: Any) -> str | None:
     wanted = _leaf_shapes(tree)
     only_stored, only_wanted = sorted(set(stored) - set(wanted)), sorted(set(wanted) - set(stored))
     reshaped = sorted(k for k in set(stored) & set(wanted) if stored[k] != wanted[k])
+    found = (("it has", only_stored), ("it lacks", only_wanted), ("other shape:", reshaped))
     parts = [f"{what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-             for what, names in (("it has", only_stored), ("it lacks", only_wanted), ("other shape:", reshaped))
-             if names]
+             for what, names in found if names]
     return "; ".join(parts) or None
 
 
@@ -286,11 +285,12 @@ def restore_variables(workdir: str | Path) -> tuple[dict, dict, int] | None:
             stored = _stored_tree(step_dir)
             item = {k: stored[k] for k in ("params", "batch_stats") if stored.get(k)}
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-            variables = ocp.PyTreeCheckpointer().restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+            restored = _read_item(step_dir, metadata=ocp.args.JsonRestore(), state=ocp.args.PyTreeRestore(
                 item=item, restore_args=restore_args, partial_restore=True))
-            metadata = _read_item(step_dir, metadata=ocp.args.JsonRestore()).metadata
+            variables, metadata = restored.state, restored.metadata
         except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
-            log.warning("skipping corrupt checkpoint %s: it cannot be read (%s)", step_dir, typed_first_line(e))
+            log.warning("skipping corrupt checkpoint %s: it cannot be read (%s)", step_dir,
+                        typed_first_line(e))
             continue
         variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
         return jax.tree_util.tree_map(np.asarray, variables), dict(metadata), step

@@ -182,8 +182,6 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
         logits, new_vars = state.apply_fn(variables, images, train=not frozen_backbone,
                                           rngs={"dropout": dropout_key(state, axis_name)},
                                           mutable=["batch_stats", "aux"])
-        if frozen_backbone:
-            new_vars = {"batch_stats": state.batch_stats}
         loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
         # Each leaf of the sown 'aux' collection is one auxiliary head's logits (none outside GoogLeNet/Inception).
         aux_losses = [jnp.mean(cross_entropy(a, labels, num_classes, label_smoothing))
@@ -200,6 +198,8 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
     # apply_if_finite decides about the params).
     finite = _all_finite(grads)
     batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats)
+    if frozen_backbone:  # as loaded, bit for bit (the average over devices of equal values can round)
+        batch_stats = state.batch_stats
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 

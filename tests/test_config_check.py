@@ -16,8 +16,8 @@ from train.configs import default, recipe_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # The numeric flags that set config fields of the same name (train/main.py OVERRIDES).
-FIELD_FLAGS = ("num_epochs", "num_train_steps", "batch_size", "learning_rate", "seed", "checkpoint_every_steps",
-               "log_every_steps")
+FIELD_FLAGS = ("num_epochs", "num_train_steps", "batch_size", "learning_rate", "seed",
+               "checkpoint_every_steps", "log_every_steps")
 
 
 def bad_values(rule: config_check.Range) -> list:
@@ -57,8 +57,8 @@ def outcomes(tmp_path_factory):
     def run(index):
         flag, typed, _, _ = CASES[index]
         workdir = base / f"w{index}"
-        done = subprocess.run([sys.executable, "-m", "train.main", f"--{flag}={typed}", f"--workdir={workdir}"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-m", "train.main", f"--{flag}={typed}", f"--workdir={workdir}"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         return done, workdir
 
     with ThreadPoolExecutor(4) as pool:
@@ -71,7 +71,7 @@ def test_every_numeric_field_has_a_rule():
     for config in recipes:
         fields = {name for name, _ in config_check.numeric_fields(config)}
         missing = fields - set(config_check.RULES) - set(config_check.ELEMENT_RULES)
-        assert not missing, f"{config.model}: numeric fields without a rule in train/config_check.py: {missing}"
+        assert not missing, f"{config.model}: numeric fields without a rule in config_check.py: {missing}"
         config_check.validate(config)  # and every recipe passes its own checks
 
 

@@ -164,13 +164,19 @@ def test_soak_kill_and_resume(config_file, reference, tmp_path):
     """SOAK_CYCLES (default 100) SIGKILLs at random moments (start-up, steps, saves); the run still ends
     bit-identical to the uninterrupted one."""
     rng = random.Random(1234)
+    cycles = mid_save = 0
     for _ in range(int(os.environ.get("SOAK_CYCLES", 100))):
         if STEPS in ckpt.list_steps(tmp_path):
             break
         proc = start_quiet(config_file, tmp_path)
         low, high = float(os.environ.get("SOAK_MIN_S", "5")), float(os.environ.get("SOAK_MAX_S", "40"))
         time.sleep(rng.uniform(low, high))
+        root = ckpt.checkpoint_dir(tmp_path)
+        saving = root.is_dir() and any(ckpt.TMP_MARKER in name for name in os.listdir(root))
         proc.kill()
         proc.wait()
+        cycles, mid_save = cycles + 1, mid_save + saving
     finish(config_file, tmp_path)
+    # Shown with -s: the figure README quotes.
+    print(f"soak: {cycles} SIGKILL cycles, {mid_save} during a checkpoint save, then finished at step {STEPS}")
     assert_same_tree(raw_state(tmp_path, STEPS), reference)

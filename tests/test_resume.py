@@ -60,7 +60,8 @@ def test_changed_training_settings_are_refused_and_nothing_changes(config_file, 
     before = snapshot(trained)
     cases = {  # flags -> the fields (old -> new) the one line must name
         ("--config.grad_clip_norm=1.0",): ["grad_clip_norm 0.0 -> 1.0"],
-        ("--config.optimizer=adam", "--batch_size=256"): ["batch_size 512 -> 256", "optimizer 'sgd' -> 'adam'"],
+        ("--config.optimizer=adam", "--batch_size=256"): ["batch_size 512 -> 256",
+                                                          "optimizer 'sgd' -> 'adam'"],
         ("--config.freeze_backbone=True",): ["freeze_backbone False -> True"],
     }
     procs = {flags: cli(config_file, f"--workdir={trained}", *flags) for flags in cases}  # started together
@@ -140,8 +141,9 @@ def test_init_from_a_workdir_and_eval_under_other_optimizer_settings(config_file
     from train import loop
 
     # Training from the workdir's weights with fresh (here: Adam) optimizer state and a frozen backbone.
-    loop.train_and_evaluate(load_config(config_file, init_from=str(trained), optimizer="adam", num_train_steps=1,
-                                        freeze_backbone=True, eval_every_steps=1), tmp_path / "fine")
+    fine_tune = load_config(config_file, init_from=str(trained), optimizer="adam", num_train_steps=1,
+                            freeze_backbone=True, eval_every_steps=1)
+    loop.train_and_evaluate(fine_tune, tmp_path / "fine")
     old, new = raw_state(trained, 4), raw_state(tmp_path / "fine", 1)
     for collection in ("params", "batch_stats"):
         for name in old[collection]:

@@ -132,9 +132,15 @@ def numeric_fields(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any
             yield name, value
 
 
+_ABSENT = object()
+
+
 def _get(config: Mapping, dotted: str) -> Any:
+    """The field's value, or _ABSENT for a config without it (a hand-written --config file)."""
     node = config
     for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return _ABSENT
         node = node[part]
     return node
 
@@ -147,17 +153,19 @@ def validate(config: Mapping) -> None:
     """Raise ValueError (one line: field, value, valid range) for the first numeric field out of range."""
     for name, rule in RULES.items():
         value = _get(config, name)
-        if not rule.accepts(value):
+        if value is not _ABSENT and not rule.accepts(value):
             raise _refuse(name, value, rule)
     for name, rule in ELEMENT_RULES.items():
-        values = tuple(_get(config, name))
+        values = _get(config, name)
+        values = () if values is _ABSENT else tuple(values)
         bad = [v for v in values if not rule.accepts(v)]
         if bad:
             raise ValueError(f"invalid {name}={values!r}: each must be {rule.describe()}")
-    bounds = tuple(config["piecewise_boundaries"])
+    bounds = _get(config, "piecewise_boundaries")
+    bounds = () if bounds is _ABSENT else tuple(bounds)
     if list(bounds) != sorted(bounds):
         raise ValueError(f"invalid piecewise_boundaries={bounds!r}: must not decrease")
-    if config["schedule"] == "piecewise" and len(config["piecewise_values"]) != len(bounds) + 1:
+    if _get(config, "schedule") == "piecewise" and len(config["piecewise_values"]) != len(bounds) + 1:
         raise ValueError(f"invalid piecewise_values={tuple(config['piecewise_values'])!r}: the piecewise "
                          f"schedule needs one more value than piecewise_boundaries {bounds!r}")
 
@@ -189,7 +197,8 @@ def unparsable_flag_message(error: Exception) -> str:
 
 # Fields a resume may change without changing the training: periods of logs and checkpoints, where the data
 # lies, the multi-device driver (pmap and shard_map compute the same steps).
-SAFE_FIELDS = frozenset({"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "data_dir", "parallel"})
+SAFE_FIELDS = frozenset({"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "data_dir",
+                         "parallel"})
 # Safe unless the schedule reads them: the run's length shapes a cosine decay, and the evaluations drive
 # reduce-on-plateau.
 SAFE_UNLESS_SCHEDULE = {"num_epochs": "cosine", "num_train_steps": "cosine", "eval_every_steps": "plateau",
@@ -218,7 +227,8 @@ def training_changes(saved: Mapping, config: Mapping) -> tuple[list, list]:
     old, new = flatten(saved), flatten(plain(config))
     differ = [(k, old[k], new[k]) for k in sorted(old) if k in new and old[k] != new[k]]
     schedule = old.get("schedule")
-    return ([d for d in differ if not is_safe(d[0], schedule)], [d for d in differ if is_safe(d[0], schedule)])
+    safe = [d for d in differ if is_safe(d[0], schedule)]
+    return [d for d in differ if d not in safe], safe
 
 
 def describe_changes(changes: list, limit: int = 6) -> str:

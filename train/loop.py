@@ -124,15 +124,15 @@ def check_resume(config, workdir: Path) -> None:
     with (ConfigChanged, one line naming the fields and the ways on; nothing written); print the safe changes
     (periods, a longer run, evaluation settings) it accepts."""
     found = ckpt.read_metadata(workdir)
-    if found is None or "config" not in found[1]:  # a fresh workdir, or checkpoints from before configs were kept
+    if found is None or "config" not in found[1]:  # a fresh workdir, or checkpoints that predate the record
         return
     step, saved = found
     changed, safe = config_check.training_changes(saved["config"], config)
     if changed:
         raise ConfigChanged(
-            f"{workdir} was trained with other settings ({config_check.describe_changes(changed)}; checkpoint "
-            f"step {step}): a resume would not continue it exactly. Rerun with the old values, use another "
-            f"--workdir, or start a new one from its weights with --init_from={workdir}")
+            f"{workdir} was trained with other settings ({config_check.describe_changes(changed)}; "
+            f"checkpoint step {step}): a resume would not continue it exactly. Rerun with the old values, "
+            f"use another --workdir, or start a new one from its weights with --init_from={workdir}")
     if safe and is_primary():
         print(f"resuming with changed settings: {config_check.describe_changes(safe, limit=100)}",
               file=sys.stderr)
@@ -251,7 +251,8 @@ class MetricsLog:
         lines = read_jsonl(self.path)
         keep = max(resumed_step, keep_through)
         self.records = [r for r in lines if r.get("step", 0) <= keep]
-        self._logged = {(r.get("step"), r.get("split")) for r in self.records if r.get("step", 0) > resumed_step}
+        self._logged = {(r.get("step"), r.get("split")) for r in self.records
+                        if r.get("step", 0) > resumed_step}
         self.write_files = write
         if not write:
             return

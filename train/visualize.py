@@ -1,6 +1,7 @@
 """`python -m train.visualize --workdir=DIR [--image=FILE] [--layers=c1,c3]`: pictures of a trained run.
 
-Restores the workdir's newest checkpoint (the model named in its metadata) and writes into the workdir:
+Restores the workdir's newest checkpoint, or the weights of --init_from (a workdir or saved variables), with
+the model and input record of their metadata, and writes into the workdir:
   filters.png       the first convolution's kernels
   feature_maps.png  what --layers (default: up to three spatial top-level layers) make of one image:
                     --image, or the first image of the validation split
@@ -30,9 +31,10 @@ def predictions(run, split: str, batch_size: int = 256, max_batches: int = -1) -
     from jaxcnn.data import make_pipeline
     from train.predict import probabilities
 
-    config = run.config
-    pipe = make_pipeline(config.dataset, split, batch_size=batch_size, image_shape=run.image_shape, train=False,
-                         seed=int(config.seed), normalize=config.normalize, data_dir=config.data_dir or None,
+    config, inputs = run.config, run.inputs
+    pipe = make_pipeline(inputs["dataset"], split, batch_size=batch_size, image_shape=run.image_shape,
+                         train=False, seed=int(config.seed), normalize=inputs["normalize"],
+                         crop_fraction=inputs["crop_fraction"], data_dir=config.data_dir or None,
                          download=False)
     labels, preds, first = [], [], None
     for i, batch in enumerate(pipe.epoch(0)):
@@ -46,15 +48,18 @@ def predictions(run, split: str, batch_size: int = 256, max_batches: int = -1) -
 
 
 def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[str] | None = None,
-              split: str = "validation", max_batches: int = -1) -> dict[str, Path]:
+              split: str = "validation", max_batches: int = -1,
+              init_from: str | None = None) -> dict[str, Path]:
     """Write filters.png, feature_maps.png, curves.png (when metrics.jsonl exists) and confusion.png into
-    `workdir`; returns {name: path}."""
+    `workdir`, for the weights of `init_from` (a workdir or saved variables; default: `workdir` itself);
+    returns {name: path}."""
     from jaxcnn import viz
     from train.predict import prepare_image, read_image, restore_run
 
     workdir = Path(workdir)
     pixels = read_image(image) if image else None  # a bad file fails before the restore
-    run = restore_run(workdir, split)
+    run = restore_run(init_from or workdir, split)
+    workdir.mkdir(parents=True, exist_ok=True)
     labels, preds, first = predictions(run, split, max_batches=max_batches)
     example = prepare_image(pixels, run) if pixels is not None else first
     layers = list(layers) if layers else viz.default_layers(run.model, run.image_shape)
@@ -73,7 +78,9 @@ def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[st
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.visualize", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used)")
+    parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used, "
+                        "unless --init_from) where the pictures go")
+    parser.add_argument("--init_from", help="weights from another workdir or saved variables")
     parser.add_argument("--image", help="image file for the feature maps (default: the first validation image)")
     parser.add_argument("--layers", default="", help="comma-separated module paths, e.g. c1,c3 or layer1_0/conv1")
     parser.add_argument("--split", default="validation", help="split for the confusion matrix")
@@ -85,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     try:
-        paths = visualize(args.workdir, args.image, layers, args.split, args.eval_batches)
+        if args.eval_batches == 0 or args.eval_batches < -1:
+            raise ValueError(f"invalid --eval_batches={args.eval_batches}: must be -1 (all) or an integer "
+                             "of at least 1")
+        paths = visualize(args.workdir, args.image, layers, args.split, args.eval_batches, args.init_from)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 1
