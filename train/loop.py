@@ -12,6 +12,11 @@ returns with `interrupted` set (train.main exits 0 after SIGTERM, so a preempted
 and 130 after Ctrl-C, the shell's convention). A second Ctrl-C interrupts at once. SIGKILL cannot be caught:
 the rerun resumes from the last complete checkpoint (see jaxcnn.checkpoint).
 
+Resuming: checkpoints record the config they were made with; a rerun whose config would change the
+training is refused before any step (`check_resume`, with train.config_check deciding which fields are safe
+to change), and the safe changes are printed. Unreadable checkpoints are skipped but kept, and metrics.jsonl
+keeps the lines of every checkpoint that still exists (`MetricsLog`).
+
 Non-finite losses: the loop stops with a message naming the first bad step and does not save the bad state,
 so the last checkpoint stays the last good one; with `config.skip_nonfinite` the optimizer skips such
 updates (optax.apply_if_finite) and the loop counts and logs them.
