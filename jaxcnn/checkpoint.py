@@ -14,8 +14,11 @@ carry metrics, so "best" ranks evaluated checkpoints only and the rest are kept 
 
 Saves are synchronous: orbax writes into `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a
 process killed mid-save leaves only a temporary directory, which the next run deletes (with a warning).
-A complete-looking checkpoint that fails to restore (a truncated or garbled file) is skipped with a warning
-that names it, and the previous one is used.
+Only a checkpoint whose files cannot be read (a truncated or garbled file) counts as corrupt: it is skipped
+with a warning that names it, and the previous one is used; it is never deleted, renamed or overwritten. A
+readable checkpoint of another structure (other optimizer settings) raises CheckpointMismatch instead.
+Each checkpoint's metadata also records the config it was made with ("config") and what shapes its input
+("input": dataset, image shape, normalization, crop fraction, class names), for resume checks and inference.
 
 Saved variables (`save_variables`/`load_variables`): the format `--init_from` reads and
 `python -m jaxcnn.convert` writes. One orbax directory with two items:
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
@@ -175,8 +179,9 @@ class Checkpoints:
             state=ocp.args.StandardSave(state_to_tree(state)),
             position=ocp.args.JsonSave(dataclasses.asdict(position)),
             metadata=ocp.args.JsonSave(dict(metadata)))
-        # Unevaluated checkpoints carry top1=None (ranked last) so that every save has metrics.
-        top1 = None if metrics is None else float(metrics["top1"])
+        # Unevaluated checkpoints carry top1=None (ranked last) so that every save has metrics; so do
+        # evaluations with a non-finite number, which cannot be the best whatever their top-1 says.
+        top1 = float(metrics["top1"]) if metrics is not None and _finite_metrics(metrics) else None
         self.manager.save(step, args=args, metrics={"top1": top1}, force=True)
         self.manager.wait_until_finished()
         return step
@@ -184,18 +189,28 @@ class Checkpoints:
     def restore_latest(self, target_state: Any) -> tuple[Any, Position, dict] | None:
         """(state, position, metadata) from the newest checkpoint that restores, or None when there is none.
 
-        `target_state` gives the tree structure, shapes, dtypes and placement. A checkpoint that fails to
-        restore is skipped with a warning naming its directory.
+        `target_state` gives the tree structure, shapes, dtypes and placement. Only a checkpoint whose files
+        cannot be read counts as corrupt: it is skipped with a warning naming its directory (and left as it
+        is). A readable checkpoint whose state does not fit `target_state` (another optimizer, clipping,
+        freezing...) raises CheckpointMismatch: it belongs to another configuration, not to the bin.
         """
-        target = ocp.args.StandardRestore(state_to_tree(target_state))
+        tree = state_to_tree(target_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=target, position=ocp.args.JsonRestore(), metadata=ocp.args.JsonRestore()))
+                    state=ocp.args.StandardRestore(tree), position=ocp.args.JsonRestore(),
+                    metadata=ocp.args.JsonRestore()))
                 state = tree_to_state(target_state, restored.state)
-            except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
-                log.warning("skipping corrupt checkpoint %s (%s)", self.directory / str(step),
-                            typed_first_line(e))
+            except Exception as e:  # noqa: BLE001 - unreadable (skipped, loudly) or of another structure
+                step_dir = self.directory / str(step)
+                difference = structure_difference(step_dir, tree)
+                if difference is not None:
+                    raise CheckpointMismatch(
+                        f"checkpoint {step_dir} holds a train state of another structure ({difference}): it "
+                        f"was made with other settings; rerun with those, or start a new --workdir with "
+                        f"--init_from={self.directory.parent}") from e
+                log.warning("skipping corrupt checkpoint %s: it cannot be read (%s); it is left as it is",
+                            step_dir, typed_first_line(e))
                 continue
             return state, Position(**restored.position), dict(restored.metadata)
         return None
@@ -212,9 +227,14 @@ class Checkpoints:
 
 
 def _top1(metrics: Mapping | None) -> float:
-    """Validation top-1 for ranking; checkpoints saved without an evaluation rank last."""
+    """Validation top-1 for ranking; checkpoints saved without a finite evaluation rank last."""
     top1 = (metrics or {}).get("top1")
-    return float("-inf") if top1 is None else float(top1)
+    return float(top1) if top1 is not None and math.isfinite(float(top1)) else float("-inf")
+
+
+def _finite_metrics(metrics: Mapping) -> bool:
+    """Whether every number of an evaluation is finite (a NaN loss marks a diverged network)."""
+    return all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, (int, float, np.number)))
 
 
 def restore_latest(workdir: str | Path, target_state: Any) -> tuple[Any, Position, dict] | None:
@@ -225,23 +245,55 @@ def restore_latest(workdir: str | Path, target_state: Any) -> tuple[Any, Positio
         return checkpoints.restore_latest(target_state)
 
 
+def _stored_tree(step_dir: Path) -> dict:
+    """The stored state's tree of array metadata (shapes, dtypes), read without its arrays."""
+    return dict(ocp.PyTreeCheckpointHandler().metadata(step_dir / "state").tree)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", np.shape(leaf)))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def structure_difference(step_dir: Path, tree: Any) -> str | None:
+    """How the state stored in `step_dir` differs from `tree` (entries only one has, or other shapes), or
+    None when the stored structure cannot be read (a corrupt checkpoint) or matches."""
+    try:
+        stored = _leaf_shapes(_stored_tree(step_dir))
+    except Exception:  # noqa: BLE001 - unreadable metadata: corrupt, the caller says so
+        return None
+    wanted = _leaf_shapes(tree)
+    only_stored, only_wanted = sorted(set(stored) - set(wanted)), sorted(set(wanted) - set(stored))
+    reshaped = sorted(k for k in set(stored) & set(wanted) if stored[k] != wanted[k])
+    found = (("it has", only_stored), ("it lacks", only_wanted), ("other shape:", reshaped))
+    parts = [f"{what} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+             for what, names in found if names]
+    return "; ".join(parts) or None
+
+
 def restore_variables(workdir: str | Path) -> tuple[dict, dict, int] | None:
-    """(variables {'params', 'batch_stats'}, metadata, step) of `workdir`'s newest restorable checkpoint, or
+    """(variables {'params', 'batch_stats'}, metadata, step) of `workdir`'s newest readable checkpoint, or
     None; reads only.
 
-    For inference tools (train.visualize, train.predict): unlike `restore_latest` it needs no target state,
-    so it works whatever optimizer the run used. A checkpoint that fails to restore is skipped with a warning.
+    For evaluation and inference: a partial restore of params and batch_stats alone (numpy arrays), so it
+    needs no target state and works whatever optimizer the run used. An unreadable checkpoint is skipped with
+    a warning.
     """
     for step in reversed(list_steps(workdir)):
         step_dir = checkpoint_dir(workdir) / str(step)
         try:
-            restored = _read_item(step_dir, state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
+            stored = _stored_tree(step_dir)
+            item = {k: stored[k] for k in ("params", "batch_stats") if stored.get(k)}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = _read_item(step_dir, metadata=ocp.args.JsonRestore(), state=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
+            variables, metadata = restored.state, restored.metadata
         except Exception as e:  # noqa: BLE001 - skip a corrupt checkpoint, loudly, and use an older one
-            log.warning("skipping corrupt checkpoint %s (%s)", step_dir, typed_first_line(e))
+            log.warning("skipping corrupt checkpoint %s: it cannot be read (%s)", step_dir,
+                        typed_first_line(e))
             continue
-        state = restored.state
-        variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-        return jax.tree_util.tree_map(np.asarray, variables), dict(restored.metadata), step
+        variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+        return jax.tree_util.tree_map(np.asarray, variables), dict(metadata), step
     return None
 
 

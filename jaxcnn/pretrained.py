@@ -289,22 +289,30 @@ def load(name: str, source: str = "torchvision", weights: str | None = None, *,
     return build_model(metadata), variables
 
 
-def load_init(init_from: str, model_name: str) -> tuple[dict, dict]:
-    """(variables, metadata) for the training program's `--init_from`.
+FILE_SUFFIXES = (".pth", ".pt", ".h5")
 
-    'torchvision' / 'keras' (or 'torchvision:IMAGENET1K_V1'...): the published weights of `model_name`;
-    a .pth / .pt file: a torchvision state_dict, a .h5 file: Keras weights (both converted on the fly, not
-    cached); anything else: a directory of `jaxcnn.checkpoint.save_variables` (python -m jaxcnn.convert).
+
+def handles(init_from: str) -> bool:
+    """Whether `init_from` names published weights ('torchvision', 'keras:TAG') or a publisher's file."""
+    return init_from.partition(":")[0] in SOURCES or Path(init_from).suffix in FILE_SUFFIXES
+
+
+def load_init(init_from: str, model_name: str) -> tuple[dict, dict]:
+    """(variables, metadata) for an `init_from` that `handles`: 'torchvision' / 'keras' (or
+    'torchvision:IMAGENET1K_V1'...): the published weights of `model_name`; a .pth / .pt file: a torchvision
+    state_dict, a .h5 file: Keras weights (both converted on the fly, not cached).
+
+    `jaxcnn.weights.load_init_variables` is the entry point that also reads workdirs and saved variables.
     """
-    from jaxcnn import checkpoint
     from jaxcnn.models import get_spec
 
     source, _, tag = init_from.partition(":")  # 'torchvision:IMAGENET1K_V1' picks a non-default file
     if source in SOURCES:
         return load_variables(model_name, source, tag or None)
     suffix = Path(init_from).suffix
-    if suffix not in (".pth", ".pt", ".h5"):
-        return checkpoint.load_variables(init_from)
+    if suffix not in FILE_SUFFIXES:
+        raise PretrainedError(f"{init_from} is neither a weights source ({', '.join(SOURCES)}) nor a "
+                              f"{'/'.join(FILE_SUFFIXES)} file")
     if not Path(init_from).is_file():
         raise PretrainedError(f"--init_from {init_from} does not exist")
     source = "keras" if suffix == ".h5" else "torchvision"

@@ -116,10 +116,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int | None 
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """1.0 where the true class is among the k largest logits (ties counted in its favour), else 0.0."""
+    """1.0 where the true class is among the k largest logits, else 0.0.
+
+    Pessimistic, so that a broken network cannot look good: a class tied with the true one ranks above it
+    (all-equal logits score 0, not 1), and an example with any NaN logit counts as wrong.
+    """
     true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > true_logit, axis=-1)
-    return (rank < k).astype(jnp.float32)
+    rivals = jnp.sum(logits >= true_logit, axis=-1) - 1  # the classes at least as likely, the true one aside
+    finite = ~jnp.any(jnp.isnan(logits), axis=-1)
+    return ((rivals < k) & finite).astype(jnp.float32)
 
 
 def _per_example(logits, labels, num_classes=None, label_smoothing=0.0) -> dict:
@@ -163,13 +168,20 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, num_classes: int | None = None,
-               label_smoothing: float = 0.0, aux_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
-    """One SGD step on this device's part of the batch; see the module docstring."""
+               label_smoothing: float = 0.0, aux_loss_weight: float = 0.0,
+               frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+    """One SGD step on this device's part of the batch; see the module docstring.
+
+    With `frozen_backbone` (config.freeze_backbone: only the head learns) the model runs in inference mode,
+    as Keras runs a base model with trainable=False: BatchNorm normalizes with its running statistics and
+    leaves them as they are, dropout is off, auxiliary heads are silent. The frozen part is then a fixed
+    feature extractor, and its statistics do not drift towards the new data.
+    """
     images, labels = batch["image"], batch["label"]
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, new_vars = state.apply_fn(variables, images, train=True,
+        logits, new_vars = state.apply_fn(variables, images, train=not frozen_backbone,
                                           rngs={"dropout": dropout_key(state, axis_name)},
                                           mutable=["batch_stats", "aux"])
         loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
@@ -188,6 +200,8 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
     # apply_if_finite decides about the params).
     finite = _all_finite(grads)
     batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats)
+    if frozen_backbone:  # as loaded, bit for bit (the average over devices of equal values can round)
+        batch_stats = state.batch_stats
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -217,7 +231,8 @@ def eval_step(state: TrainState, batch: dict, axis_name: str | None = None) -> d
 def step_functions(config, num_classes: int) -> tuple[Callable, Callable]:
     """`train_step` and `eval_step` with the config's loss settings bound (axis_name is left to the driver)."""
     train_fn = functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing,
-                                 aux_loss_weight=config.aux_loss_weight)
+                                 aux_loss_weight=config.aux_loss_weight,
+                                 frozen_backbone=bool(config.freeze_backbone))
     return train_fn, eval_step
 
 

@@ -47,6 +47,9 @@ class Concatenated:
         self.parts = parts
         self.steps_per_epoch = parts[0].steps_per_epoch
 
+    def __getattr__(self, name):  # what the parts share (image shape, normalization, class names...)
+        return getattr(self.parts[0], name)
+
     def epoch(self, epoch: int, skip_batches: int = 0):
         for batches in zip(*(p.epoch(epoch, skip_batches) for p in self.parts)):
             yield {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

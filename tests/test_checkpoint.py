@@ -76,6 +76,15 @@ def test_retention_keeps_last_n_plus_best_across_restarts(tmp_path):
     assert_trees_equal(state, toy_state(9, 9))
 
 
+def test_best_ignores_nonfinite_evaluations(tmp_path):
+    evaluations = {1: {"top1": 0.4, "loss": 1.5}, 2: {"top1": 1.0, "loss": float("nan")},
+                   3: {"top1": float("nan"), "loss": 0.1}}
+    with ckpt.Checkpoints(tmp_path, keep=1) as c:
+        for step in range(1, 6):
+            c.save(toy_state(step, step), ckpt.Position(0, step), META, evaluations.get(step))
+        assert c.steps() == [1, 5]  # the finite best (0.4) and the latest, not the NaN-loss "perfect" step 2
+
+
 # tensorstore complains about its closed event loop after a failed read
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):

@@ -424,7 +424,7 @@ def test_visualize_pictures_published_weights(tv_file, photos, tmp_path, capsys)
     assert capsys.readouterr().out.split() == [str(tmp_path / "pics" / n) for n in ("filters.png",
                                                                                      "feature_maps.png")]
     assert Image.open(tmp_path / "pics" / "filters.png").size == (8 * viz.FILTER_CELL, 8 * viz.FILTER_CELL)
-    run = predict.pretrained_run(str(tmp_path / "mine.pth"), "resnet18")
+    run = predict.restore_run(str(tmp_path / "mine.pth"), model_name="resnet18")
     _, kernel = viz.first_conv_kernel(run.model, run.variables, run.image_shape)
     assert np.array_equal(kernel, torch_model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
     assert visualize.main(args) == 1

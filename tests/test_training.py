@@ -160,6 +160,23 @@ def test_top1_top5_counts():
     assert float(training.compute_metrics(logits[:, :3], np.array([0, 1, 2]))["top5"]) == 1.0
 
 
+def test_ties_and_nans_count_against_the_true_class():
+    labels = np.array([0, 3, 2])
+    constant = np.zeros((3, 10), np.float32)  # a dead network: every class equally likely
+    metrics = training.compute_metrics(constant, labels)
+    assert float(metrics["top1"]) == 0.0 and float(metrics["top5"]) == 0.0
+    # The true class tied with 1 rival: top-1 wrong, top-2 right; tied with 5 rivals: out of the top 5.
+    tied = np.array([[3, 3, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 2, 2, 0, 0]], np.float32)
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 1), [0, 0, 0])
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 2), [1, 0, 1])
+    np.testing.assert_array_equal(training.top_k_correct(tied, labels, 5), [1, 0, 1])
+    # One NaN anywhere in an example's logits makes it wrong, even where the true class is otherwise ahead.
+    nan = np.array([[9, np.nan, 0, 0], [np.nan] * 4, [0, 0, 9, 0]], np.float32)
+    np.testing.assert_array_equal(training.top_k_correct(nan, labels, 1), [0, 0, 1])
+    metrics = training.compute_metrics(np.full((3, 10), np.nan, np.float32), labels)
+    assert float(metrics["top1"]) == 0.0 and float(metrics["top5"]) == 0.0
+
+
 def test_aux_loss_adds_weighted_aux_cross_entropy(tiny_vars):
     state = tiny_state(tiny_vars, make_config(learning_rate=0.1))
     batch = tiny_batch()
@@ -287,6 +304,32 @@ def test_freezing_leaves_frozen_params_bit_identical(tiny_vars):
     for name in ("hidden", "bn", "aux_classifier"):
         assert leaves_equal(new.params[name], state.params[name]), name
     assert float(np.max(np.abs(new.params["head"]["kernel"] - state.params["head"]["kernel"]))) > 0.05
+
+
+def test_freeze_backbone_freezes_its_batchnorm_statistics_too():
+    """resnet18 with freeze_backbone: two steps on batches far from the init statistics move the head and
+    nothing else, params or batch_stats (BatchNorm runs in inference mode, as Keras's trainable=False)."""
+    model = get_model("resnet18", num_classes=4)
+    config = make_config(freeze_backbone=True, learning_rate=0.1, momentum=0.9)
+    state = training.create_train_state(model, config, jax.random.PRNGKey(0), (32, 32, 3), 10,
+                                        trainable=optim.head_trainable)
+    step = jax.jit(training.step_functions(config, 4)[0])
+    rng = np.random.default_rng(0)
+    new = state
+    for _ in range(2):
+        batch = {"image": (3.0 + 2.0 * rng.normal(size=(8, 32, 32, 3))).astype(np.float32),
+                 "label": rng.integers(0, 4, size=8).astype(np.int32)}
+        new, metrics = step(new, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert state.batch_stats and set(new.params) - {"fc"}
+    for collection in ("params", "batch_stats"):
+        before, after = getattr(state, collection), getattr(new, collection)
+        for name in before:
+            if collection == "params" and name == "fc":
+                continue
+            assert leaves_equal(after[name], before[name]), (collection, name)
+    for leaf in ("kernel", "bias"):
+        assert float(np.max(np.abs(new.params["fc"][leaf] - state.params["fc"][leaf]))) > 1e-4, leaf
 
 
 def test_apply_if_finite_skips_a_nan_update_and_counts_it(tiny_vars):

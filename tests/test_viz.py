@@ -136,6 +136,16 @@ def test_visualize_writes_four_pictures(workdir, capsys):
         assert_not_blank(png(workdir / name))
 
 
+def test_visualize_init_from_draws_the_same_weights(workdir, tmp_path):
+    from train import visualize
+
+    if not (workdir / "filters.png").exists():
+        assert visualize.main([f"--workdir={workdir}", "--eval_batches=1"]) == 0
+    assert visualize.main([f"--workdir={tmp_path}", f"--init_from={workdir}", "--eval_batches=1"]) == 0
+    np.testing.assert_array_equal(png(tmp_path / "filters.png"), png(workdir / "filters.png"))
+    np.testing.assert_array_equal(png(tmp_path / "feature_maps.png"), png(workdir / "feature_maps.png"))
+
+
 def write_validation_images(directory: Path, count: int) -> list[Path]:
     from jaxcnn.data import embedded
 
@@ -191,3 +201,63 @@ def test_predict_corrupt_image_one_line(workdir, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot read image") and "broken.png" in lines[0], lines
     assert result.stdout == ""
+
+
+def test_predict_uses_the_runs_own_input_record(tmp_path, capsys):
+    """A run trained with normalize='none' (the lenet5 recipe says 'dataset') is predicted with pixels in
+    [0, 1], as it was trained; class names and shapes come from the checkpoint; --init_from reads the same
+    weights."""
+    from jaxcnn.data import embedded, make_pipeline
+    from train import predict
+    from train.configs import recipe_for
+    from train.loop import train_and_evaluate
+
+    config = recipe_for("lenet5")
+    config.update(dict(normalize="none", num_train_steps=2, batch_size=32, log_every_steps=1))
+    train_and_evaluate(config, tmp_path / "run")
+    run = predict.restore_run(tmp_path / "run")
+    assert run.inputs["normalize"] == "none" and run.inputs["mean"] == [0.0] and run.inputs["std"] == [1.0]
+    assert run.class_names == embedded.CLASS_NAMES and run.image_shape == (28, 28, 1)
+    images, _ = embedded.load("validation")
+    prepared = predict.prepare_image(images[0], run)
+    np.testing.assert_allclose(prepared, images[0] / 255.0, atol=1e-7)
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=8, image_shape=(28, 28, 1), train=False,
+                         seed=0, normalize="none")
+    np.testing.assert_allclose(prepared, next(pipe.epoch(0))["image"][0], atol=1e-7)  # what evaluation saw
+
+    # --mode=eval with the recipe's normalization ('dataset') evaluates as the checkpoint recorded ('none'):
+    # the numbers training logged for it.
+    from train.loop import evaluate
+
+    result = evaluate(recipe_for("lenet5").copy_and_resolve_references(), tmp_path / "run", "validation")
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validation = [r for r in logged if r["split"] == "validation"][-1]
+    assert result["count"] == 2000 and validation["step"] == 2
+    for key in ("loss", "top1", "top5"):
+        assert result[key] == pytest.approx(validation[key], rel=1e-6), key
+
+    path = write_validation_images(tmp_path, 1)[0]
+    capsys.readouterr()
+    assert predict.main([f"--workdir={tmp_path / 'run'}", str(path)]) == 0
+    by_workdir = capsys.readouterr().out
+    assert predict.main([f"--init_from={tmp_path / 'run'}", str(path)]) == 0
+    assert capsys.readouterr().out == by_workdir
+
+
+def test_crop_fraction_reaches_the_pipeline(tmp_path):
+    """config.crop_fraction is what the training and evaluation pipelines of photos of varying size use."""
+    from train.configs import recipe_for
+    from train.loop import make_pipeline
+
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((40, 60, 3), 60 * i + 30, np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / name / f"{i}.png")
+    config = recipe_for("resnet18")
+    config.dataset = f"folder:{tmp_path}"
+    for fraction in (0.5, 1.0):
+        config.crop_fraction = fraction
+        for train in (True, False):
+            pipe = make_pipeline(config, "train", train=train, image_shape=(32, 32, 3), batch_size=2)
+            assert pipe.crop_fraction == fraction

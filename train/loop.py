@@ -12,6 +12,11 @@ returns with `interrupted` set (train.main exits 0 after SIGTERM, so a preempted
 and 130 after Ctrl-C, the shell's convention). A second Ctrl-C interrupts at once. SIGKILL cannot be caught:
 the rerun resumes from the last complete checkpoint (see jaxcnn.checkpoint).
 
+Resuming: checkpoints record the config they were made with; a rerun whose config would change the
+training is refused before any step (`check_resume`, with train.config_check deciding which fields are safe
+to change), and the safe changes are printed. Unreadable checkpoints are skipped but kept, and metrics.jsonl
+keeps the lines of every checkpoint that still exists (`MetricsLog`).
+
 Non-finite losses: the loop stops with a message naming the first bad step and does not save the bad state,
 so the last checkpoint stays the last good one; with `config.skip_nonfinite` the optimizer skips such
 updates (optax.apply_if_finite) and the loop counts and logs them.
@@ -49,7 +54,8 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import models, optim, parallel, training
+from jaxcnn import models, optim, parallel, training, weights
+from train import config_check
 from train.prefetch import prefetch_to_device
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,10 @@ log = logging.getLogger(__name__)
 
 class TrainingError(ValueError):
     """A run that cannot go on (non-finite loss, no checkpoint to evaluate...); the message says why."""
+
+
+class ConfigChanged(ValueError):
+    """A rerun whose config would change the training of the workdir's checkpoints."""
 
 
 # ------------------------------------------------------------------------------------------ the setup
@@ -110,9 +120,37 @@ def setup(config, workdir: str | Path) -> Setup:
     dataset_classes, _ = data.dataset_info(config.dataset, data_dir=config.data_dir or None)
     num_classes = int(config.num_classes) if config.num_classes > 0 else int(dataset_classes)
     metadata = dict(model=config.model, num_classes=num_classes, image_shape=list(image_shape),
-                    dataset=config.dataset)
+                    dataset=config.dataset, config=config_check.plain(config))
     ckpt.check_compatible(workdir, metadata)
     return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver)
+
+
+def check_resume(config, workdir: Path) -> None:
+    """Refuse a rerun on `workdir` whose config would change the training its newest checkpoint was made
+    with (ConfigChanged, one line naming the fields and the ways on; nothing written); print the safe changes
+    (periods, a longer run, evaluation settings) it accepts."""
+    found = ckpt.read_metadata(workdir)
+    if found is None or "config" not in found[1]:  # a fresh workdir, or checkpoints that predate the record
+        return
+    step, saved = found
+    changed, safe = config_check.training_changes(saved["config"], config)
+    if changed:
+        raise ConfigChanged(
+            f"{workdir} was trained with other settings ({config_check.describe_changes(changed)}; "
+            f"checkpoint step {step}): a resume would not continue it exactly. Rerun with the old values, "
+            f"use another --workdir, or start a new one from its weights with --init_from={workdir}")
+    if safe and is_primary():
+        print(f"resuming with changed settings: {config_check.describe_changes(safe, limit=100)}",
+              file=sys.stderr)
+
+
+def input_record(config, pipeline) -> dict:
+    """What shapes the model's input, for the checkpoint: evaluation, train.predict and train.visualize
+    prepare images with it, whatever the recipe says today."""
+    return dict(dataset=config.dataset, image_shape=list(pipeline.image_shape),
+                source_shape=list(pipeline.source.image_shape), normalize=config.normalize,
+                mean=[float(v) for v in pipeline.mean], std=[float(v) for v in pipeline.std],
+                crop_fraction=float(pipeline.crop_fraction), class_names=list(pipeline.class_names))
 
 
 def is_primary() -> bool:
@@ -146,7 +184,8 @@ def make_pipeline(config, split: str, *, train: bool, image_shape, batch_size: i
         config.dataset, split, batch_size=local_batch, image_shape=tuple(image_shape), train=train,
         seed=int(config.seed), augment=config.augment if train else None, normalize=config.normalize,
         data_dir=config.data_dir or None, process_index=jax.process_index(),
-        process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer))
+        process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer),
+        crop_fraction=float(config.crop_fraction))
 
 
 def initial_state(s: Setup, steps_per_epoch: int):
@@ -161,9 +200,7 @@ def initial_state(s: Setup, steps_per_epoch: int):
     if not config.init_from:
         return training.create_train_state(s.model, config, rng, s.image_shape, steps_per_epoch,
                                            trainable=trainable)
-    from jaxcnn import pretrained
-
-    loaded, meta = pretrained.load_init(config.init_from, config.model)
+    loaded, meta = weights.load_init_variables(config.init_from, config.model)
     if meta.get("num_classes") != s.num_classes and not config.reinit_head:
         raise ValueError(f"--init_from {config.init_from} has {meta.get('num_classes')} classes, this run "
                          f"{s.num_classes}: pass --config.reinit_head=True for a fresh classifier head")
@@ -205,23 +242,32 @@ def merge_variables(fresh, loaded, keep_fresh=None):
 
 
 class MetricsLog:
-    """metrics.jsonl + TensorBoard. On resume the JSON lines past the resumed step are dropped, so the
-    file reads as if the run had never stopped.
+    """metrics.jsonl + TensorBoard. On resume the JSON lines past the last checkpoint are dropped (the steps
+    that no checkpoint holds; the resumed run logs them again), so the file reads as if the run had never
+    stopped.
 
-    With `write=False` (processes other than 0) it only keeps the records in memory, for `best()`.
+    Lines up to `keep_through` (the newest checkpoint that still exists, even one that could not be read and
+    was skipped) are never dropped: a run resumed from an older checkpoint recomputes those steps
+    identically, and their records are not written twice. With `write=False` (processes other than 0) it
+    only keeps the records in memory, for `best()`.
     """
 
-    def __init__(self, workdir: Path, resumed_step: int, write: bool = True):
+    def __init__(self, workdir: Path, resumed_step: int, write: bool = True, keep_through: int = 0):
         self.path = workdir / "metrics.jsonl"
-        self.records = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resumed_step]
+        lines = read_jsonl(self.path)
+        keep = max(resumed_step, keep_through)
+        self.records = [r for r in lines if r.get("step", 0) <= keep]
+        self._logged = {(r.get("step"), r.get("split")) for r in self.records
+                        if r.get("step", 0) > resumed_step}
         self.write_files = write
         if not write:
             return
-        # Replaced in one rename: another process reading it meanwhile sees the old or the new lines, which
-        # agree up to `resumed_step`.
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        tmp.replace(self.path)
+        if len(self.records) != len(lines) or _torn(self.path):
+            # Replaced in one rename: another process reading it meanwhile sees the old or the new lines,
+            # which agree up to `keep`.
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            tmp.replace(self.path)
         self._file = self.path.open("a")
         import tensorflow as tf  # the data pipeline has imported it already
         from tensorflow.core.framework import summary_pb2
@@ -234,6 +280,8 @@ class MetricsLog:
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
 
     def write(self, step: int, split: str, **values) -> None:
+        if (int(step), split) in self._logged:  # kept from the run that made a surviving checkpoint
+            return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
         self.records.append(record)
         if not self.write_files:
@@ -248,8 +296,10 @@ class MetricsLog:
         self._writer.flush()
 
     def best(self) -> tuple[float, int] | None:
-        """(top1, step) of the best validation record so far (the earliest on ties)."""
-        evals = [r for r in self.records if r["split"] == "validation" and _finite(r.get("top1"))]
+        """(top1, step) of the best validation record so far (the earliest on ties); evaluations with a
+        non-finite loss or top-1 (a diverged network) do not count."""
+        evals = [r for r in self.records
+                 if r["split"] == "validation" and _finite(r.get("top1")) and _finite(r.get("loss"))]
         if not evals:
             return None
         best = max(evals, key=lambda r: (r["top1"], -r["step"]))
@@ -272,6 +322,15 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def _torn(path: Path) -> bool:
+    """Whether the file's last line is incomplete (a kill mid-write): appending after it would glue lines."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def _plain(v: Any) -> Any:
@@ -415,10 +474,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     workdir = Path(workdir).absolute()
     s = setup(config, workdir)
+    check_resume(config, workdir)
     train_data = make_pipeline(config, config.train_split, train=True, image_shape=s.image_shape,
                                batch_size=config.batch_size)
     eval_data = make_pipeline(config, config.eval_split, train=False, image_shape=s.image_shape,
                               batch_size=config.eval_batch_size)
+    s.metadata["input"] = input_record(config, train_data)
     steps_per_epoch = int(train_data.steps_per_epoch)
     num_steps = optim.total_steps(config, steps_per_epoch)
     eval_every = int(config.eval_every_steps) if config.eval_every_steps > 0 else steps_per_epoch
@@ -435,7 +496,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             print(f"resuming from step {int(state.step)} (epoch {position.epoch}, batch {position.batch})",
                   file=sys.stderr)
     step = int(jax.device_get(state.step))
-    metrics_log = MetricsLog(workdir, resumed_step=step, write=primary)
+    metrics_log = MetricsLog(workdir, resumed_step=step, write=primary,
+                             keep_through=max(checkpoints.steps(), default=0))
     driver = s.driver
     device_state = driver.put_state(state)
     progress = Progress(num_steps, enabled=primary)
@@ -512,24 +574,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str | None = None) -> dict:
-    """Evaluate the newest checkpoint in `workdir` (none there: the `config.init_from` weights) on `split`;
-    writes `<workdir>/eval_<split>.json`."""
+    """Evaluate on `split` the weights of `config.init_from` when given, else the newest checkpoint in
+    `workdir`; writes `<workdir>/eval_<split>.json`.
+
+    Only params and batch_stats are read, so a checkpoint evaluates under any optimizer settings. Images are
+    prepared as the checkpoint recorded (dataset, image size, normalization, crop fraction), whatever the
+    config says; a line on stderr names the fields where the two differ.
+    """
     workdir = Path(workdir).absolute()
+    if not config.init_from and not ckpt.list_steps(workdir):
+        raise TrainingError(f"no checkpoint to evaluate in {ckpt.checkpoint_dir(workdir)} "
+                            f"(train first, or pass --init_from=SAVED_WEIGHTS)")
+    variables, metadata = weights.load_init_variables(config.init_from or workdir, config.model)
+    if metadata.get("model", config.model) != config.model:
+        raise ValueError(f"{config.init_from or workdir} holds weights of {metadata['model']!r}, not "
+                         f"{config.model!r}: pass --model={metadata['model']}")
+    config = as_recorded(config, metadata)
     split = split or config.eval_split
     s = setup(config, workdir)
     pipeline = make_pipeline(config, split, train=False, image_shape=s.image_shape,
                              batch_size=config.eval_batch_size)
-    state = training.create_train_state(s.model, config, jax.random.key(int(config.seed)), s.image_shape,
-                                        max(int(pipeline.steps_per_epoch), 1))
-    restored = ckpt.restore_latest(workdir, state) if ckpt.list_steps(workdir) else None
-    if restored is None and config.init_from:  # evaluate the --init_from weights themselves
-        restored = (initial_state(s, max(int(pipeline.steps_per_epoch), 1)),)
-    if restored is None:
-        raise TrainingError(f"no checkpoint to evaluate in {ckpt.checkpoint_dir(workdir)}")
-    state = restored[0]
+    shapes = jax.eval_shape(lambda: training.init_variables(s.model, jax.random.key(0), s.image_shape))
+    variables = merge_variables(shapes, {k: variables.get(k, {}) for k in ("params", "batch_stats")})
+    step = int(metadata.get("step", 0))
+    state = training.TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
+                                batch_stats=variables["batch_stats"], opt_state=(),
+                                rng=jax.random.key_data(jax.random.key(0)), apply_fn=s.model.apply, tx=None)
     driver = s.driver
     result = run_eval(driver, driver.put_state(state), pipeline, config.eval_steps)
-    result = dict(result, step=int(jax.device_get(state.step)), split=split, model=config.model)
+    result = dict(result, step=step, split=split, model=config.model)
     if not is_primary():
         return result
     workdir.mkdir(parents=True, exist_ok=True)  # a fresh workdir when evaluating --init_from weights
@@ -537,3 +610,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, split: str 
     print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}  "
           f"({result['count']} images, step {result['step']})")
     return result
+
+
+# Config fields that shape the model's input, from the input record a checkpoint carries.
+RECORDED_INPUT = ("dataset", "normalize", "crop_fraction")
+
+
+def as_recorded(config, metadata: dict) -> ml_collections.ConfigDict:
+    """`config` with the class count, image size and input preparation the weights were made with (when
+    their metadata records them); a line on stderr names the fields that differed."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    recorded = dict(metadata.get("input", {}))
+    if "num_classes" in metadata:
+        recorded["num_classes"] = int(metadata["num_classes"])
+    if "image_shape" in metadata:
+        recorded["image_size"] = int(metadata["image_shape"][0])
+    changed = []
+    for field in (*RECORDED_INPUT, "num_classes", "image_size"):
+        if field in recorded and config[field] != recorded[field]:
+            if config[field] != -1:  # -1 ("the dataset's", "the model's") is no disagreement
+                changed.append(f"{field} {recorded[field]!r} (not {config[field]!r})")
+            config[field] = type(config[field])(recorded[field])
+    if changed and is_primary():
+        print(f"evaluating with the weights' own settings: {', '.join(changed)}", file=sys.stderr)
+    return config

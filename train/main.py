@@ -83,6 +83,27 @@ def build_config():
     return config
 
 
+def checked_config():
+    """build_config(), with every numeric field and flag in its range (train.config_check)."""
+    from train import config_check
+
+    config_check.validate_flags({name: FLAGS[name].value for name in config_check.FLAG_RULES})
+    config = build_config()
+    config_check.validate(config)
+    return config
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a value that does not parse (`--batch_size=2.5`) reported in one line."""
+    from train import config_check
+
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {config_check.unparsable_flag_message(e)[:1000]}", file=sys.stderr)
+        sys.exit(1)
+
+
 def start_distributed():
     """jax.distributed for --distributed or the explicit process flags (the peer watchdog), else None."""
     from jaxcnn import parallel
@@ -143,13 +164,17 @@ def main(argv):
 
         print("\n".join(models.list_models()))
         return 0
+    try:  # before any work (no jax, no tensorflow yet): a bad number fails in a fraction of a second
+        config = checked_config()
+    except ValueError as e:
+        print(f"error: {first_line(e, limit=1000)}", file=sys.stderr)
+        return 1
     compile_cache.enable()  # before the first compilation: a rerun loads the compiled steps from disk
     watchdog = None
     try:
         watchdog = start_distributed()  # before anything touches a JAX backend
         from train import loop
 
-        config = build_config()
         workdir = FLAGS.workdir or os.path.join("workdir", config.model)
         if FLAGS.mode == "eval":
             loop.evaluate(config, workdir, FLAGS.split)
@@ -167,4 +192,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

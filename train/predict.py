@@ -1,11 +1,14 @@
 """`python -m train.predict --workdir=DIR IMAGE...`: the top-5 classes of image files under a trained model.
 
 `python -m train.predict --model=resnet50 --init_from=torchvision photo.jpg` does the same with published
-ImageNet weights (jaxcnn.pretrained): ImageNet class names, and torchvision's eval transform (jaxcnn.imagenet).
+ImageNet weights (jaxcnn.pretrained): ImageNet class names, and their publisher's eval transform
+(jaxcnn.imagenet).
 
-The model, class count and input shape come from the workdir's newest checkpoint (its metadata); images go
-through the same steps as the training data (`jaxcnn.data`: channels, size, normalization), so the model
-sees what it saw in training. Class names come from the run's dataset. Output, per image:
+The weights come from the workdir's newest checkpoint (or `--init_from`: a workdir, saved variables or
+published weights, through `jaxcnn.weights.load_init_variables`), with the model, class count and input
+record in their metadata; images go through the same steps as the training data (channels, size, crop
+fraction and the run's normalization), so the model sees what it saw in training. Class names come from the
+checkpoint. Output, per image:
 
     digit.png
       1. 7                     0.9731
@@ -25,7 +28,6 @@ import dataclasses
 import functools
 import os
 import sys
-import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,17 +41,17 @@ TOP_K = 5
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained model restored from a workdir, with what its input pipeline needs."""
+    """Trained weights with what their input pipeline needs."""
 
     model: Any  # flax.linen.Module
     variables: dict  # {'params', 'batch_stats'}
-    metadata: dict  # the checkpoint's metadata (model, num_classes, image_shape, dataset, ...)
-    step: int
-    config: Any  # the model's recipe, with the checkpoint's dataset / class count / image size
-    source: Any  # jaxcnn.data.Source of the run's validation split: class names, source shape, statistics
+    metadata: dict  # the weights' metadata (model, num_classes, image_shape, config, input, ...)
+    step: int | None
+    config: Any  # the model's recipe, with the weights' dataset / class count / input settings
+    inputs: dict  # what shapes the input: see `train.loop.input_record`
 
-    image_shape = property(lambda self: tuple(self.metadata["image_shape"]))
-    class_names = property(lambda self: tuple(self.source.class_names))
+    image_shape = property(lambda self: tuple(self.inputs["image_shape"]))
+    class_names = property(lambda self: tuple(self.inputs["class_names"]))
 
     @functools.cached_property
     def softmax(self):
@@ -59,55 +61,65 @@ class Run:
         return jax.jit(lambda v, x: jax.nn.softmax(self.model.apply(v, x, train=False), axis=-1))
 
 
-def restore_run(workdir: str | Path, split: str | None = None) -> Run:
-    """The newest checkpoint of `workdir` as a Run (ValueError with one line when there is none).
+# Recorded config fields that inference takes over from the weights' own run.
+RUN_FIELDS = ("dataset", "data_dir", "normalize", "crop_fraction", "seed", "eval_split")
 
-    What the metadata does not record (normalization, data_dir, model kwargs) comes from the model's recipe
-    (train/configs), so a run with such overrides should record them in its checkpoint metadata.
+
+def restore_run(source: str | Path, split: str | None = None, model_name: str | None = None) -> Run:
+    """The weights of `source` (a workdir's newest checkpoint, or saved variables: `--init_from`) as a Run;
+    ValueError with one line when there are none.
+
+    The input is prepared as the checkpoint recorded it (its "input": image shape, source shape,
+    normalization, crop fraction, class names), so the dataset need not be at hand. Weights without that
+    record (converted ones, older checkpoints) take it from the model's recipe and the dataset.
     """
-    from jaxcnn import checkpoint as ckpt
-
-    restored = ckpt.restore_variables(workdir)
-    if restored is None:
-        raise ValueError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)} (train first: python -m train.main)")
-    return build_run(*restored, split)
-
-
-def pretrained_run(init_from: str, model_name: str) -> Run:
-    """A Run of `--init_from` variables (torchvision, keras, a .pth/.h5 file or saved variables) for `model_name`."""
-    from jaxcnn import pretrained
-
-    variables, metadata = pretrained.load_init(init_from, model_name)
-    return build_run(variables, metadata, 0)
-
-
-def build_run(variables: dict, metadata: dict, step: int, split: str | None = None) -> Run:
-    """A Run of variables and their metadata; published ImageNet weights (metadata 'preprocessing') get the
-    ImageNet class names and torchvision's eval transform instead of a dataset pipeline."""
-    from jaxcnn import imagenet, models
+    from jaxcnn import models
+    from jaxcnn.weights import load_init_variables
     from train.configs import recipe_for
 
+    variables, metadata = load_init_variables(source, model_name)
     config = recipe_for(metadata["model"])
+    recorded = metadata.get("config", {})
+    for field in RUN_FIELDS:
+        if field in recorded:
+            config[field] = recorded[field]
     config.dataset = metadata.get("dataset", config.dataset)
     config.num_classes = int(metadata["num_classes"])
     config.image_size = int(metadata["image_shape"][0])
-    for field in ("normalize", "data_dir"):
-        if field in metadata:
-            config[field] = metadata[field]
-    model = models.get_model(metadata["model"], num_classes=int(metadata["num_classes"]),
-                             **dict(metadata.get("model_kwargs", config.model_kwargs)))
-    if "preprocessing" in metadata:
-        names = imagenet.class_names() if config.num_classes == len(imagenet.class_names()) else ()
-        source = types.SimpleNamespace(class_names=names or tuple(map(str, range(config.num_classes))),
-                                       image_shape=tuple(metadata["image_shape"]))
-        return Run(model, variables, metadata, step, config, source)
-    from jaxcnn.data.pipeline import make_source  # tensorflow: only for runs that read a dataset
+    model_kwargs = recorded.get("model_kwargs", metadata.get("model_kwargs", dict(config.model_kwargs)))
+    model = models.get_model(metadata["model"], num_classes=config.num_classes, **model_kwargs)
+    if "preprocessing" in metadata:  # published ImageNet weights: their publisher's transform, no dataset
+        inputs = published_inputs(config.num_classes, tuple(metadata["image_shape"]))
+    else:
+        inputs = metadata.get("input") or inputs_from_dataset(config, tuple(metadata["image_shape"]), split)
+    return Run(model, variables, metadata, metadata.get("step"), config, inputs)
+
+
+def published_inputs(num_classes: int, image_shape: tuple[int, int, int]) -> dict:
+    """The input record of published ImageNet weights: their shape and ImageNet's class names."""
+    from jaxcnn import imagenet
+
+    names = imagenet.class_names()
+    if len(names) != num_classes:
+        names = tuple(str(i) for i in range(num_classes))
+    return dict(dataset="imagenet2012", image_shape=list(image_shape), class_names=list(names))
+
+
+def inputs_from_dataset(config, image_shape: tuple[int, int, int], split: str | None = None) -> dict:
+    """The input record (as training writes it) rebuilt from the recipe and the dataset, for weights
+    without one; class names are numbers when the dataset has another class count."""
+    from jaxcnn.data.pipeline import make_source, normalization
 
     source = make_source(config.dataset, split or config.eval_split, data_dir=config.data_dir or None,
                          download=False)
-    if len(source.class_names) != config.num_classes:  # a run with its own class count: names are numbers
-        source = dataclasses.replace(source, class_names=tuple(str(i) for i in range(config.num_classes)))
-    return Run(model, variables, metadata, step, config, source)
+    names = source.class_names
+    if len(names) != config.num_classes:
+        names = tuple(str(i) for i in range(config.num_classes))
+    mean, std = normalization(config.normalize, source.stats, image_shape[-1])
+    return dict(dataset=config.dataset, image_shape=list(image_shape), source_shape=list(source.image_shape),
+                normalize=config.normalize, mean=mean.tolist(), std=std.tolist(),
+                crop_fraction=float(config.crop_fraction) if None in source.image_shape[:2] else 1.0,
+                class_names=list(names))
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -147,15 +159,13 @@ def prepare_image(pixels: np.ndarray, run: Run) -> np.ndarray:
 
     height, width, channels = run.image_shape
     image = tf.convert_to_tensor(pixels, tf.float32) / 255.0
-    src_h, src_w, src_c = run.source.image_shape
+    src_h, src_w, src_c = run.inputs["source_shape"]
     image = data.match_channels(image, src_c)
     if src_h and src_w:  # a fixed-size dataset: first look like one of its images
-        image, crop = data.fit_to_size(image, (src_h, src_w)), 1.0
-    else:
-        crop = data.CROP_FRACTION
+        image = data.fit_to_size(image, (src_h, src_w))
     image = data.match_channels(image, channels)
-    image = data.fit_to_size(image, (height, width), crop)
-    mean, std = data.normalization(run.config.normalize, run.source.stats, channels)
+    image = data.fit_to_size(image, (height, width), run.inputs["crop_fraction"])
+    mean, std = np.float32(run.inputs["mean"]), np.float32(run.inputs["std"])
     return ((image - mean) / std).numpy().astype(np.float32)
 
 
@@ -186,15 +196,14 @@ def format_prediction(path: str, ranked: Sequence[tuple[int, float]], class_name
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", help="a training workdir (its newest checkpoint is used)")
-    parser.add_argument("--init_from", help="instead of --workdir: torchvision, keras, a .pth/.h5 file or saved "
-                        "variables (with --model)")
-    parser.add_argument("--model", help="the model of --init_from")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--workdir", help="a training workdir (its newest checkpoint is used)")
+    weights.add_argument("--init_from", help="a workdir, saved variables (python -m jaxcnn.convert), or "
+                         "torchvision, keras, a .pth/.h5 file (with --model)")
+    parser.add_argument("--model", help="the model of published --init_from weights")
     parser.add_argument("--top", type=int, default=TOP_K, help="classes to print per image")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     args = parser.parse_args(argv)
-    if bool(args.workdir) == bool(args.init_from) or bool(args.init_from) != bool(args.model):
-        parser.error("give --workdir, or --init_from with --model")
     return args
 
 
@@ -203,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Every image is read before the model: a bad file fails in a second, not after the restore.
         pixels = [read_image(path) for path in args.images]
-        run = pretrained_run(args.init_from, args.model) if args.init_from else restore_run(args.workdir)
+        if args.top < 1:
+            raise ValueError(f"invalid --top={args.top}: must be an integer of at least 1")
+        run = restore_run(args.init_from or args.workdir, model_name=args.model)
         images = np.stack([prepare_image(p, run) for p in pixels])
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """`python -m train.visualize --workdir=DIR [--image=FILE] [--layers=c1,c3]`: pictures of a trained run.
 
-Restores the workdir's newest checkpoint (the model named in its metadata) and writes into the workdir:
+Restores the workdir's newest checkpoint, or the weights of --init_from (a workdir or saved variables), with
+the model and input record of their metadata, and writes into the workdir:
   filters.png       the first convolution's kernels
   feature_maps.png  what --layers (default: up to three spatial top-level layers) make of one image:
                     --image, or the first image of the validation split
@@ -30,9 +31,10 @@ def predictions(run, split: str, batch_size: int = 256, max_batches: int = -1) -
     from jaxcnn.data import make_pipeline
     from train.predict import probabilities
 
-    config = run.config
-    pipe = make_pipeline(config.dataset, split, batch_size=batch_size, image_shape=run.image_shape, train=False,
-                         seed=int(config.seed), normalize=config.normalize, data_dir=config.data_dir or None,
+    config, inputs = run.config, run.inputs
+    pipe = make_pipeline(inputs["dataset"], split, batch_size=batch_size, image_shape=run.image_shape,
+                         train=False, seed=int(config.seed), normalize=inputs["normalize"],
+                         crop_fraction=inputs["crop_fraction"], data_dir=config.data_dir or None,
                          download=False)
     labels, preds, first = [], [], None
     for i, batch in enumerate(pipe.epoch(0)):
@@ -49,19 +51,20 @@ def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[st
               split: str = "validation", max_batches: int = -1, init_from: str | None = None,
               model: str | None = None) -> dict[str, Path]:
     """Write filters.png, feature_maps.png, curves.png (when metrics.jsonl exists) and confusion.png into
-    `workdir`; returns {name: path}. With `init_from` (and `model`) the pictures are of those variables;
-    published ImageNet weights have no dataset here, so they need `image` and get no confusion matrix."""
+    `workdir`, for the weights of `init_from` (a workdir, saved variables, or published weights of `model`;
+    default: `workdir` itself); returns {name: path}. Published ImageNet weights have no dataset here, so they
+    need `image` and get no confusion matrix."""
     from jaxcnn import viz
-    from train.predict import prepare_image, pretrained_run, read_image, restore_run
+    from train.predict import prepare_image, read_image, restore_run
 
     workdir = Path(workdir)
     pixels = read_image(image) if image else None  # a bad file fails before the restore
-    run = pretrained_run(init_from, model) if init_from else restore_run(workdir, split)
+    run = restore_run(init_from or workdir, split, model_name=model)
     imagenet_only = "preprocessing" in run.metadata
     if imagenet_only and pixels is None:
         raise ValueError(f"--init_from={init_from} has no dataset here: give --image=FILE for the feature maps")
-    labels, preds, first = predictions(run, split, max_batches=max_batches) if not imagenet_only else (None,) * 3
     workdir.mkdir(parents=True, exist_ok=True)
+    labels, preds, first = predictions(run, split, max_batches=max_batches) if not imagenet_only else (None,) * 3
     example = prepare_image(pixels, run) if pixels is not None else first
     layers = list(layers) if layers else viz.default_layers(run.model, run.image_shape)
 
@@ -81,10 +84,11 @@ def visualize(workdir: str | Path, image: str | None = None, layers: Sequence[st
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.visualize", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used)")
-    parser.add_argument("--init_from", help="torchvision, keras, a .pth/.h5 file or saved variables (with "
-                        "--model): pictures of those weights, written into --workdir")
-    parser.add_argument("--model", help="the model of --init_from")
+    parser.add_argument("--workdir", required=True, help="a training workdir (its newest checkpoint is used, "
+                        "unless --init_from) where the pictures go")
+    parser.add_argument("--init_from", help="weights from another workdir, saved variables, or torchvision, "
+                        "keras, a .pth/.h5 file (with --model)")
+    parser.add_argument("--model", help="the model of published --init_from weights")
     parser.add_argument("--image", help="image file for the feature maps (default: the first validation image)")
     parser.add_argument("--layers", default="", help="comma-separated module paths, e.g. c1,c3 or layer1_0/conv1")
     parser.add_argument("--split", default="validation", help="split for the confusion matrix")
@@ -96,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     try:
-        if bool(args.init_from) != bool(args.model):
-            raise ValueError("--init_from needs --model (and --model needs --init_from)")
+        if args.eval_batches == 0 or args.eval_batches < -1:
+            raise ValueError(f"invalid --eval_batches={args.eval_batches}: must be -1 (all) or an integer "
+                             "of at least 1")
         paths = visualize(args.workdir, args.image, layers, args.split, args.eval_batches, args.init_from,
                           args.model)
     except (ValueError, FileNotFoundError) as e:

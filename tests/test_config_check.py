@@ -1,0 +1,103 @@
+"""Every numeric flag and config field is checked before any work: through `python -m train.main`, a value out
+of range (0, negative, fractional where an integer is needed, absurdly large) ends with one line naming the
+field, the value and the valid range, exit status 1, no traceback and nothing written."""
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from train import config_check
+from train.configs import default, recipe_for
+
+ROOT = Path(__file__).resolve().parents[1]
+# The numeric flags that set config fields of the same name (train/main.py OVERRIDES).
+FIELD_FLAGS = ("num_epochs", "num_train_steps", "batch_size", "learning_rate", "seed",
+               "checkpoint_every_steps", "log_every_steps")
+
+
+def bad_values(rule: config_check.Range) -> list:
+    """0, a negative number, a fraction for integer fields and an absurd size: those the rule refuses."""
+    candidates = [0, -3, *([2.5] if rule.integer else []), 10**12 if rule.integer else 1e30]
+    return [v for v in candidates if not rule.accepts(v)]
+
+
+def cases() -> list[tuple[str, str, str, object]]:
+    """(flag, value as typed, field named in the error, value) for every numeric field and flag."""
+    out = []
+    for name, rule in config_check.RULES.items():
+        for value in bad_values(rule):
+            out.append((f"config.{name}", repr(value), name, value))
+            if name in FIELD_FLAGS:
+                out.append((name, repr(value), name, value))
+    for name, rule in config_check.FLAG_RULES.items():
+        for value in bad_values(rule):
+            out.append((name, repr(value), f"--{name}", value))
+    for name, rule in config_check.ELEMENT_RULES.items():
+        for value in bad_values(rule):
+            if isinstance(value, int) or not rule.integer:
+                out.append((f"config.{name}", f"({value!r}, 9)", name, None))
+    out.append(("config.piecewise_boundaries", "(8, 5)", "piecewise_boundaries", None))  # must not decrease
+    return out
+
+
+CASES = cases()
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case run through the CLI, four at a time (each ends before jax or tensorflow is imported)."""
+    base = tmp_path_factory.mktemp("bad_values")
+    env = dict(os.environ, JAXCNN_NO_HUGE_PAGES="1")
+
+    def run(index):
+        flag, typed, _, _ = CASES[index]
+        workdir = base / f"w{index}"
+        command = [sys.executable, "-m", "train.main", f"--{flag}={typed}", f"--workdir={workdir}"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return done, workdir
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(run, range(len(CASES))))
+
+
+def test_every_numeric_field_has_a_rule():
+    recipes = [default.get_config()] + [recipe_for(p.stem) for p in (ROOT / "train" / "configs").glob("*.py")
+                                        if not p.stem.startswith("_")]
+    for config in recipes:
+        fields = {name for name, _ in config_check.numeric_fields(config)}
+        missing = fields - set(config_check.RULES) - set(config_check.ELEMENT_RULES)
+        assert not missing, f"{config.model}: numeric fields without a rule in config_check.py: {missing}"
+        config_check.validate(config)  # and every recipe passes its own checks
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}={c[1]}" for c in CASES])
+def test_bad_value_is_refused_in_one_line(outcomes, index):
+    flag, typed, field, value = CASES[index]
+    done, workdir = outcomes[index]
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, (flag, typed, done.stdout, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    line = lines[0]
+    assert line.startswith("error: invalid ") and "must " in line, line
+    assert re.search(rf"(--)?{re.escape(field.removeprefix('--'))}=", line), line
+    if value is not None:
+        shown = re.search(r"=([^:]+): must be", line).group(1)
+        assert float(shown) == float(value), line  # the value as given (2.5 is not silently made 2)
+        rule = config_check.rule_for(flag)
+        assert rule.describe() in line, line  # the valid range
+    assert not workdir.exists()  # nothing written
+
+
+def test_the_rules_take_what_the_recipes_use_and_refuse_the_edges():
+    rule = config_check.RULES["num_train_steps"]
+    assert rule.accepts(-1) and rule.accepts(1) and rule.accepts(config_check.INT32_MAX)
+    assert not rule.accepts(0) and not rule.accepts(-2) and not rule.accepts(2**31) and not rule.accepts(3.0)
+    rule = config_check.RULES["momentum"]
+    assert rule.accepts(0) and rule.accepts(0.99) and not rule.accepts(1.0) and not rule.accepts(float("nan"))
+    assert not config_check.RULES["learning_rate"].accepts(float("inf"))
+    assert not config_check.RULES["batch_size"].accepts(True)  # a bool is no batch size
