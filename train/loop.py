@@ -623,7 +623,7 @@ def as_recorded(config, metadata: dict) -> ml_collections.ConfigDict:
     recorded = dict(metadata.get("input", {}))
     if "num_classes" in metadata:
         recorded["num_classes"] = int(metadata["num_classes"])
-    if "image_shape" in metadata:
+    if "image_shape" in metadata and "preprocessing" not in metadata:  # published weights: any size they take
         recorded["image_size"] = int(metadata["image_shape"][0])
     changed = []
     for field in (*RECORDED_INPUT, "num_classes", "image_size"):
