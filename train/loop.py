@@ -17,7 +17,7 @@ so the last checkpoint stays the last good one; with `config.skip_nonfinite` the
 updates (optax.apply_if_finite) and the loop counts and logs them.
 
 Logs: `<workdir>/metrics.jsonl` (one JSON object per logged step: step, split, loss, top1, top5, ...),
-TensorBoard summaries under `<workdir>/tensorboard`, and a progress line on stderr.
+TensorBoard summaries under `<workdir>/tensorboard`, and a progress bar on stderr (train/progress.py).
 
 Multi-process runs (after `jaxcnn.parallel.initialize_distributed`): every process runs this same loop on
 its own shard of the data (`config.batch_size` stays the global batch; each process reads
@@ -50,6 +50,7 @@ import numpy as np
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import models, optim, parallel, training
+from train.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -283,30 +284,6 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal); silent with
-    `enabled=False` (processes other than 0)."""
-
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
-        self.total, self.stream, self.enabled = total, stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-
-    def update(self, step: int, **values) -> None:
-        if not self.enabled:
-            return
-        frac = min(step / max(self.total, 1), 1.0)
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        line = f"step {step}/{self.total} [{bar}] {text}"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # ----------------------------------------------------------------------------------------- signals
 
 
@@ -435,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     metrics_log = MetricsLog(workdir, resumed_step=step, write=primary)
     driver = s.driver
     device_state = driver.put_state(state)
-    progress = Progress(num_steps, enabled=primary)
+    progress = ProgressBar(num_steps, initial=step, enabled=primary)
     skipped, window, window_start, last_eval = 0, [], step + 1, None
     tick, window_images = time.perf_counter(), 0
 
@@ -474,6 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     batch = poisoned(batch)
                 device_state, metrics = driver.train_step(device_state, batch)
                 step += 1
+                progress.step(step)
                 window.append(metrics)
                 window_images += int(config.batch_size)
                 is_last = step == num_steps

@@ -29,9 +29,25 @@ from ml_collections import config_flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before tensorflow is imported anywhere
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up banner on stderr
 
-_DEFAULT = str(Path(__file__).parent / "configs" / "default.py")
-CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file (default: the "
-                                         "recipe for --model)", lock_config=False)
+_RECIPE_FILE = str(Path(__file__).parent / "configs" / "recipe.py")
+
+
+def argv_value(name: str, argv: list[str]) -> str:
+    """The value of --name in `argv` ('--name=V' or '--name V'; the last one wins), '' when absent."""
+    value = ""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+# The default config is the recipe for --model and --dataset, read from argv before the flags are parsed: the
+# override flags (--config.model_kwargs.aux_logits=...) are defined from the fields of the config loaded here.
+CONFIG = config_flags.DEFINE_config_file(
+    "config", f"{_RECIPE_FILE}:{argv_value('model', sys.argv)},{argv_value('dataset', sys.argv)}",
+    "ml_collections config file (default: the recipe for --model and --dataset)", lock_config=False)
 flags.DEFINE_string("model", None, "model name (--list_models)")
 flags.DEFINE_string("dataset", None, "embedded_mnist, a tfds name, or folder:/path")
 flags.DEFINE_string("workdir", None, "checkpoints and logs (default ./workdir/<model>)")
@@ -61,23 +77,30 @@ OVERRIDES = ("model", "dataset", "data_dir", "num_epochs", "num_train_steps", "b
 
 
 def build_config():
-    """The config file (or --model's recipe with the --config.* overrides), then the explicit flags."""
-    from train.configs import recipe_for
+    """The recipe for --model/--dataset (or --config=FILE) with the --config.* overrides, then the explicit flags.
 
-    if FLAGS["config"].present:
-        config = CONFIG.value
-    else:
-        config = recipe_for(FLAGS.model or CONFIG.value.model)
-        for path, value in config_flags.get_override_values(FLAGS["config"]).items():
-            *parents, leaf = path.split(".")
-            node = config
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+    A learning rate given on the command line replaces a recipe's batch-scaled one (`lr_per_256`)."""
+    config = CONFIG.value
     for name in OVERRIDES:
         if FLAGS[name].present:
             config[name] = FLAGS[name].value
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    if FLAGS["learning_rate"].present or "learning_rate" in overrides:
+        config.lr_per_256 = 0.0
     return config
+
+
+def announce(config) -> None:
+    """Say what this run does (dataset, input, batch, steps, optimizer; the paper's setting) before it starts."""
+    import jax
+
+    from jaxcnn import models
+    from train import loop
+    from train.configs import describe
+
+    if jax.process_index() == 0:
+        shape = loop.image_shape_for(config, models.get_spec(config.model))
+        print(describe.describe(config, shape, jax.device_count()), flush=True)
 
 
 def start_distributed():
@@ -126,8 +149,9 @@ def main(argv):
         logging.getLogger(ours).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
     if FLAGS.list_models:
         from jaxcnn import models
+        from train.configs import describe
 
-        print("\n".join(models.list_models()))
+        print(describe.models_table(models.list_models(), describe.load_measured()))
         return 0
     watchdog = None
     try:
@@ -139,6 +163,7 @@ def main(argv):
         if FLAGS.mode == "eval":
             loop.evaluate(config, workdir, FLAGS.split)
             return 0
+        announce(config)
         result = loop.train_and_evaluate(config, workdir)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
         if FLAGS.verbose and watchdog is None:
