@@ -14,6 +14,7 @@ exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog).
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,11 +44,40 @@ def argv_value(name: str, argv: list[str]) -> str:
     return value
 
 
+def unknown_override(argv: list[str]) -> str | None:
+    """One line about the first --config.PATH of `argv` that the recipe for its --model/--dataset lacks, or None
+    (with --config=FILE the file's own fields are checked by the flag library)."""
+    from ml_collections import ConfigDict
+
+    from train.configs import recipe_for
+
+    if argv_value("config", argv):
+        return None
+    model = argv_value("model", argv) or "lenet5"
+    config = recipe_for(model, argv_value("dataset", argv) or None)
+    for arg in argv:
+        match = re.match(r"--(?:no)?config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, path = config, match.group(1).split(".")
+        for depth, part in enumerate(path):
+            if isinstance(node, ConfigDict) and part in node:
+                node = node[part]
+                continue
+            if path[:depth] == ["model_kwargs"]:
+                options = ", ".join(sorted(config.model_kwargs)) or "none"
+                return f"--config.{match.group(1)}: {model} has no option {part!r} (its options: {options})"
+            return f"--config.{match.group(1)}: the recipe has no field {'.'.join(path[:depth + 1])!r}"
+    return None
+
+
 # The default config is the recipe for --model and --dataset, read from argv before the flags are parsed: the
 # override flags (--config.model_kwargs.aux_logits=...) are defined from the fields of the config loaded here.
-CONFIG = config_flags.DEFINE_config_file(
-    "config", f"{_RECIPE_FILE}:{argv_value('model', sys.argv)},{argv_value('dataset', sys.argv)}",
-    "ml_collections config file (default: the recipe for --model and --dataset)", lock_config=False)
+BAD_OVERRIDE = unknown_override(sys.argv[1:])
+if BAD_OVERRIDE is None:
+    CONFIG = config_flags.DEFINE_config_file(
+        "config", f"{_RECIPE_FILE}:{argv_value('model', sys.argv)},{argv_value('dataset', sys.argv)}",
+        "ml_collections config file (default: the recipe for --model and --dataset)", lock_config=False)
 flags.DEFINE_string("model", None, "model name (--list_models)")
 flags.DEFINE_string("dataset", None, "embedded_mnist, a tfds name, or folder:/path")
 flags.DEFINE_string("workdir", None, "checkpoints and logs (default ./workdir/<model>)")
@@ -176,5 +206,16 @@ def main(argv):
     return 130 if result["interrupted"] == "SIGINT" else 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad flag or option reported in one line (exit status 1) instead of a usage dump."""
+    try:
+        if BAD_OVERRIDE is not None:
+            raise flags.Error(BAD_OVERRIDE)
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
