@@ -130,7 +130,8 @@ def announce(config) -> None:
 
     if jax.process_index() == 0:
         shape = loop.image_shape_for(config, models.get_spec(config.model))
-        print(describe.describe(config, shape, jax.device_count()), flush=True)
+        devices = 1 if config.parallel == "single" else jax.device_count()
+        print(describe.describe(config, shape, devices), flush=True)
 
 
 def start_distributed():
