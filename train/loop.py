@@ -146,7 +146,8 @@ def make_pipeline(config, split: str, *, train: bool, image_shape, batch_size: i
         config.dataset, split, batch_size=local_batch, image_shape=tuple(image_shape), train=train,
         seed=int(config.seed), augment=config.augment if train else None, normalize=config.normalize,
         data_dir=config.data_dir or None, process_index=jax.process_index(),
-        process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer))
+        process_count=jax.process_count(), shuffle_buffer=int(config.shuffle_buffer),
+        crop_fraction=float(config.crop_fraction))
 
 
 def initial_state(s: Setup, steps_per_epoch: int):

@@ -61,8 +61,9 @@ MODELS: dict[str, dict[str, Any]] = {
                     "num_train_steps": -1, "schedule": "piecewise", "learning_rate": 0.02,
                     "piecewise_boundaries": (5, 8), "piecewise_values": (0.02, 0.005, 0.001), "warmup_epochs": 0.0,
                     "log_every_steps": 50, "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0},
-    "mlp": {"batch_size": 64, "num_epochs": 10, "num_train_steps": -1, "log_every_steps": 50,
-            "model_kwargs.dropout": 0.2},
+    # Without augmentation the MLP memorises the 10,000 digits (train 100%, validation 96.7% after 10 epochs).
+    "mlp": {"batch_size": 64, "num_epochs": 15, "num_train_steps": -1, "log_every_steps": 50,
+            "model_kwargs.dropout": 0.2, "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0},
     "alexnet": {"image_size": 63, "batch_size": 64, "num_train_steps": 400, "eval_every_steps": 200},
     # The dense head fixes 227/224 input: few, small batches, one evaluation at the end.
     "alexnet_2012": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},

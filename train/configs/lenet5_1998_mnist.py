@@ -22,6 +22,7 @@ def get_config(model: str = "lenet5_1998"):
     c.model_kwargs.paper_init = True
     c.dataset = "mnist"
     c.normalize = "mnist"
+    c.crop_fraction = 1.0  # a folder of digits: resized to the input, not centre-cropped like photos
     c.augment.random_crop_padding = 2
     c.augment.rotation_degrees = 8.0
     c.batch_size = 32
