@@ -64,11 +64,11 @@ def recipe_facts(model: str, dataset: str | None = None) -> dict:
 
 def measure(model: str, workdir: Path) -> dict:
     """The default command for `model` (embedded MNIST) in a fresh workdir."""
-    load_before = load_average()
+    facts, load_before = recipe_facts(model), load_average()  # the recipe as the run reads it
     done, wall = run([f"--model={model}", f"--workdir={workdir}"])
     if done.returncode != 0:
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    return dict(recipe_facts(model), wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
+    return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 load_before=round(load_before, 2), load_after=round(load_average(), 2),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
 
@@ -100,7 +100,7 @@ def mnist_folder(idx_dir: Path, out: Path) -> Path:
 
 def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     dataset = f"folder:{folder}"
-    load_before = load_average()
+    facts, load_before = recipe_facts(model, dataset), load_average()
     done, wall = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}"])
     if done.returncode != 0:
         raise SystemExit(f"{model} on full MNIST failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -109,7 +109,7 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     if evaluation.returncode != 0:
         raise SystemExit(f"{model} test evaluation failed: {evaluation.stderr.strip().splitlines()[-1:]}")
     test = json.loads((workdir / "eval_test.json").read_text())
-    return dict(recipe_facts(model, dataset), wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
+    return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 test_error=round(1 - test["top1"], 5), test_count=test["count"],
                 load_before=round(load_before, 2), load_after=round(load_average(), 2),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())

@@ -366,7 +366,7 @@ def run_eval(driver, device_state, pipeline, max_batches: int = -1) -> dict:
 def mean_metrics(window: list[dict]) -> dict:
     """Host means over the steps of a logging window (each value averaged over devices too)."""
     fetched = jax.device_get(window)
-    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5")]
+    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5", "aux_loss")]
     return {k: float(np.mean([np.mean(np.asarray(m[k])) for m in fetched])) for k in keys}
 
 

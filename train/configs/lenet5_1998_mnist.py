@@ -6,9 +6,10 @@ test error 0.95% (0.8% with distorted training digits).
 
 Deviations:
   * SGD with momentum 0.9 on a softmax cross-entropy over the RBF outputs, batch 32, in place of the paper's
-    per-example stochastic diagonal Levenberg-Marquardt on its MAP loss. SDLM divides the global rate by a
-    curvature estimate (mu + h_kk, mu = 0.02), which makes its steps far larger than the global rate: the same
-    sequence of rates, shape and boundaries kept, is scaled by 100 here (0.05 ... 0.001).
+    per-example stochastic diagonal Levenberg-Marquardt on its MAP loss. The paper's sequence of rates keeps
+    its shape and boundaries, scaled by 4 (0.002 ... 0.00004; with momentum 0.9 the step is 40x the paper's
+    global rate, which SDLM itself divides by a curvature estimate mu + h_kk). On the embedded subset SGD at
+    0.002 reaches 88% after one epoch; at 0.02 the scaled tanh units saturate (37% after ten).
   * two-pixel pad-and-crop shifts and +-8 degree rotations of the training digits (the paper's 0.8% run used
     distortions; its 0.95% run did not).
 """
@@ -30,10 +31,10 @@ def get_config(model: str = "lenet5_1998"):
     c.num_epochs = 20
     c.optimizer = "sgd"
     c.momentum = 0.9
-    c.learning_rate = 0.05
+    c.learning_rate = 0.002
     c.schedule = "piecewise"
     c.piecewise_boundaries = (2, 5, 8, 12)  # passes, as the paper's
-    c.piecewise_values = (0.05, 0.02, 0.01, 0.005, 0.001)
+    c.piecewise_values = (0.002, 0.0008, 0.0004, 0.0002, 0.00004)  # the paper's x 4
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5000
     return c
