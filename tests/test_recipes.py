@@ -179,3 +179,27 @@ def test_lenet5_1998_paper_initialization():
             assert ratio.max() > 0.5 and 0.25 < ratio.mean() < 0.75, (layer, kind, ratio.max(), ratio.mean())
     c1 = np.asarray(params["c1"]["kernel"])
     assert 0.8 * 2.4 / 25 < np.abs(c1).max() <= 2.4 / 25  # 150 draws: the largest comes close to the bound
+
+
+# --- VGG's scale jittering (jaxcnn.data.augment.random_scale_crop) ------------------------------------------
+
+
+def test_scale_jitter_rescales_the_shorter_side_into_the_range():
+    """A horizontal ramp 0..1 over 400 columns of a 300x400 image: after the shorter side goes to S the ramp
+    rises 300 / (400 S) per column, so the crop's slope tells S."""
+    import tensorflow as tf
+
+    from jaxcnn.data import augment
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 400, dtype=np.float32), (300, 1))[..., None]
+
+    def scale_of(seed: int, scale) -> float:
+        crop = augment.random_scale_crop(tf.constant(ramp), tf.constant([seed, 0], tf.int64), (224, 224), scale)
+        assert tuple(crop.shape) == (224, 224, 1)
+        slope = np.mean(np.diff(crop.numpy()[112, 20:-20, 0]))  # away from the antialiasing at the borders
+        return 300 / (400 * slope) * (399 / 400)  # linspace steps are 1/399
+
+    assert scale_of(0, (256, 256)) == pytest.approx(256, rel=0.01)
+    sizes = [scale_of(seed, (256, 512)) for seed in range(24)]
+    assert all(250 <= s <= 520 for s in sizes), sizes
+    assert min(sizes) < 320 and max(sizes) > 450, sizes  # the draws cover the range, not one scale
