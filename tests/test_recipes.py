@@ -119,7 +119,7 @@ def test_default_recipe_trains_two_steps_through_the_cli(name, tmp_path):
     extra = ("--config.model_kwargs.aux_logits=True",) if name == "googlenet" else ()
     done = run_cli(f"--model={name}", f"--workdir={tmp_path}", "--num_train_steps=2", "--batch_size=2",
                    "--config.eval_batch_size=2", "--config.eval_steps=1", "--config.eval_every_steps=2",
-                   "--config.parallel=single", "--log_every_steps=1", *extra)
+                   "--config.parallel=single", "--log_every_steps=1", *extra, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == f"{name} on embedded_mnist: laptop recipe"
