@@ -66,7 +66,7 @@ def measure(model: str, workdir: Path) -> dict:
     """The default command for `model` (embedded MNIST) in a fresh workdir."""
     facts, load_before = recipe_facts(model), load_average()  # the recipe as the run reads it
     done, wall = run([f"--model={model}", f"--workdir={workdir}"])
-    if done.returncode != 0:
+    if done.returncode != 0 or best_top1(done.stdout) is None:  # None: stopped (SIGTERM) before its end
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 load_before=round(load_before, 2), load_after=round(load_average(), 2),

@@ -64,7 +64,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # Without augmentation the MLP memorises the 10,000 digits (train 100%, validation 96.7% after 10 epochs).
     "mlp": {"batch_size": 64, "num_epochs": 15, "num_train_steps": -1, "log_every_steps": 50,
             "model_kwargs.dropout": 0.2, "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0},
-    "alexnet": {"image_size": 63, "batch_size": 64, "num_train_steps": 400, "eval_every_steps": 200},
+    "alexnet": {"image_size": 63, "num_train_steps": 400, "eval_every_steps": 200},
     # The dense head fixes 227/224 input: few, small batches, one evaluation at the end.
     "alexnet_2012": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},
     "alexnet_bn": {"learning_rate": 1e-3, "batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},
