@@ -120,6 +120,8 @@ def table(measured: dict) -> str:
     lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after) |",
              "|---|---|---|---|---|---|"]
     for model, m in sorted(measured.get("embedded", {}).items()):
+        if m.get("best_top1") is None:  # a run stopped before its end
+            continue
         verdict = "" if m["wall_s"] <= 900 and (m["best_top1"] or 0) >= 0.97 else " (misses the target)"
         lines.append(f"| {model} | {m['image_size']}x{m['image_size']} | {m['steps']} | "
                      f"{m['wall_s'] / 60:.1f} min | {100 * (m['best_top1'] or 0):.2f}%{verdict} | "

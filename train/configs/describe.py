@@ -61,7 +61,10 @@ def models_table(names: list[str], measured: dict) -> str:
         size = config.image_size if config.image_size > 0 else spec.input_shape[0]
         steps = str(config.num_train_steps) if config.num_train_steps > 0 else f"{config.num_epochs} epochs"
         m = measured.get("embedded", {}).get(name)
-        minutes, top1 = (f"{m['wall_s'] / 60:.1f}", f"{100 * m['best_top1']:.2f}%") if m else ("not measured", "")
+        if m and m.get("best_top1") is not None:
+            minutes, top1 = f"{m['wall_s'] / 60:.1f}", f"{100 * m['best_top1']:.2f}%"
+        else:
+            minutes, top1 = "not measured", ""
         paper = paper_recipe_name(name)
         paper_text = f"{paper} (--dataset={paper_dataset(name)})" if paper else "none"
         rows.append((name, f"{size}x{size}", steps, minutes, top1, paper_text))
