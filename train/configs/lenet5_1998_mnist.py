@@ -24,6 +24,9 @@ def get_config(model: str = "lenet5_1998"):
     c.dataset = "mnist"
     c.normalize = "mnist"
     c.crop_fraction = 1.0  # a folder of digits: resized to the input, not centre-cropped like photos
+    # A folder lists its files class by class; a 10,000 buffer then feeds batches of two or three digits (98.2%
+    # validation after 11 epochs). The buffer holds file names only (decoding comes after), so take them all.
+    c.shuffle_buffer = 60_000
     c.augment.random_crop_padding = 2
     c.augment.rotation_degrees = 8.0
     c.batch_size = 32
