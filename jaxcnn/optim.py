@@ -64,9 +64,16 @@ def _with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
     return lambda step: schedule(step) * jnp.minimum(1.0, step / warmup_steps)
 
 
+def base_learning_rate(config) -> float:
+    """`config.learning_rate`, or `lr_per_256 x batch_size / 256` when `config.lr_per_256 > 0` (the linear
+    scaling rule of Goyal et al. 2017, from the global batch the run actually uses)."""
+    per_256 = float(config.get("lr_per_256", 0.0))
+    return per_256 * int(config.batch_size) / 256 if per_256 > 0 else float(config.learning_rate)
+
+
 def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     """The base learning-rate schedule `step -> lr` named by `config.schedule` (boundaries given in epochs)."""
-    lr, kind = config.learning_rate, config.schedule
+    lr, kind = base_learning_rate(config), config.schedule
     warmup = _epochs_to_steps(config.warmup_epochs, steps_per_epoch)
     if kind in ("constant", "plateau"):
         schedule = optax.constant_schedule(lr)
@@ -83,8 +90,10 @@ def build_schedule(config, steps_per_epoch: int) -> optax.Schedule:
         schedule = optax.exponential_decay(lr, _epochs_to_steps(config.step_decay_epochs, steps_per_epoch),
                                            config.step_decay_factor, staircase=True)
     elif kind == "cosine":
-        # optax's own warm-up + cosine: 0 -> lr over `warmup` steps, then cosine to 0 at the last step.
-        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps(config, steps_per_epoch), 1))
+        # optax's own warm-up + cosine: 0 -> lr over `warmup` steps, then cosine to 0 at the last step. A
+        # warm-up longer than the run (a short test run of a recipe) is cut to leave one step of decay.
+        total = max(total_steps(config, steps_per_epoch), 1)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, total - 1), total)
     else:
         raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
     return _with_warmup(schedule, warmup)
@@ -222,6 +231,7 @@ def build_optimizer(config, steps_per_epoch: int,
 
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "PlateauState", "build_optimizer", "build_plateau", "build_schedule", "find_states",
+    "OPTIMIZERS", "SCHEDULES", "PlateauState", "base_learning_rate", "build_optimizer", "build_plateau",
+    "build_schedule", "find_states",
     "head_trainable", "kernel_mask", "plateau_scale", "scale_by_plateau", "skipped_updates", "total_steps",
 ]

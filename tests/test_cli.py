@@ -1,9 +1,8 @@
 """The training program end to end: `python -m train.main` runs, logs, evaluates, and refuses bad input with
-one clear line; one model of every family trains a couple of steps through `train_and_evaluate`."""
+one clear line. (Every model's default recipe trains two steps through the CLI in test_recipes.py.)"""
 
 import hashlib
 import json
-import math
 import re
 import subprocess
 import sys
@@ -100,50 +99,3 @@ def test_bad_input_gets_one_line(lenet_run, tmp_path):
         assert "Traceback" not in err and phrase in lines[0], (flags, err)
     assert snapshot(lenet_dir) == before  # another model's checkpoints: refused before touching anything
     assert not (tmp_path / "w" / "checkpoints").exists()
-
-
-def one_per_family() -> list[str]:
-    """The smallest-input model of every registered family (LeNet-5 runs through the CLI above)."""
-    from jaxcnn.models import get_spec, list_models
-
-    best = {}
-    for name in list_models():
-        spec = get_spec(name)
-        key = (spec.min_size, spec.params or 0)
-        if spec.family != "lenet" and (spec.family not in best or key < best[spec.family][0]):
-            best[spec.family] = (key, name)
-    return sorted(name for _, name in best.values())
-
-
-# Minutes of XLA CPU compilation each on a loaded 2-core machine.
-DEEP_FAMILIES = ("densenet", "googlenet", "inception")
-
-
-def family_params() -> list:
-    from jaxcnn.models import get_spec
-
-    return [pytest.param(name, marks=[pytest.mark.slow] if get_spec(name).family in DEEP_FAMILIES else [])
-            for name in one_per_family()]
-
-
-@pytest.mark.parametrize("model", family_params())
-def test_every_family_trains_a_few_steps(model, tmp_path):
-    from jaxcnn.models import get_spec
-    from train import loop
-    from train.configs import recipe_for
-
-    spec = get_spec(model)
-    config = recipe_for(model)
-    config.dataset, config.normalize = "embedded_mnist", "dataset"  # offline; grey digits tiled to RGB
-    config.image_size = spec.min_size if spec.fixed_size else max(spec.min_size, 32)
-    config.batch_size = config.eval_batch_size = 8
-    config.parallel = "single"  # one copy of the big dense heads, not eight
-    config.num_train_steps, config.eval_steps, config.log_every_steps = 2, 1, 1
-    config.augment.random_resized_crop = False
-    config.learning_rate, config.schedule, config.warmup_epochs = 1e-3, "constant", 0.0
-    result = loop.train_and_evaluate(config, tmp_path)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2]
-    assert all(math.isfinite(r["loss"]) for r in records), records
-    assert result["final_step"] == 2 and result["validation"]["count"] == 8
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2]

@@ -22,7 +22,7 @@ so the last checkpoint stays the last good one; with `config.skip_nonfinite` the
 updates (optax.apply_if_finite) and the loop counts and logs them.
 
 Logs: `<workdir>/metrics.jsonl` (one JSON object per logged step: step, split, loss, top1, top5, ...),
-TensorBoard summaries under `<workdir>/tensorboard`, and a progress line on stderr.
+TensorBoard summaries under `<workdir>/tensorboard`, and a progress bar on stderr (train/progress.py).
 
 Multi-process runs (after `jaxcnn.parallel.initialize_distributed`): every process runs this same loop on
 its own shard of the data (`config.batch_size` stays the global batch; each process reads
@@ -57,6 +57,7 @@ from jaxcnn import checkpoint as ckpt
 from jaxcnn import models, optim, parallel, training, weights
 from train import config_check
 from train.prefetch import prefetch_to_device
+from train.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -345,30 +346,6 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal); silent with
-    `enabled=False` (processes other than 0)."""
-
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
-        self.total, self.stream, self.enabled = total, stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-
-    def update(self, step: int, **values) -> None:
-        if not self.enabled:
-            return
-        frac = min(step / max(self.total, 1), 1.0)
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        line = f"step {step}/{self.total} [{bar}] {text}"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # ----------------------------------------------------------------------------------------- signals
 
 
@@ -450,7 +427,7 @@ def run_eval(driver, device_state, pipeline, max_batches: int = -1) -> dict:
 def mean_metrics(window: list[dict]) -> dict:
     """Host means over the steps of a logging window (each value averaged over devices too)."""
     fetched = jax.device_get(window)
-    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5")]
+    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5", "aux_loss")]
     return {k: float(np.mean([np.mean(np.asarray(m[k])) for m in fetched])) for k in keys}
 
 
@@ -500,7 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                              keep_through=max(checkpoints.steps(), default=0))
     driver = s.driver
     device_state = driver.put_state(state)
-    progress = Progress(num_steps, enabled=primary)
+    progress = ProgressBar(num_steps, initial=step, enabled=primary)
     skipped, window, window_start, last_eval = 0, [], step + 1, None
     tick, window_images = time.perf_counter(), 0
 
@@ -539,6 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     batch = poisoned(batch)
                 device_state, metrics = driver.train_step(device_state, batch)
                 step += 1
+                progress.step(step)
                 window.append(metrics)
                 window_images += int(config.batch_size)
                 is_last = step == num_steps

@@ -14,6 +14,7 @@ exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog reports the peer,
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,9 +32,54 @@ from train import compile_cache
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before tensorflow is imported anywhere
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up banner on stderr
 
-_DEFAULT = str(Path(__file__).parent / "configs" / "default.py")
-CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file (default: the "
-                                         "recipe for --model)", lock_config=False)
+_RECIPE_FILE = str(Path(__file__).parent / "configs" / "recipe.py")
+
+
+def argv_value(name: str, argv: list[str]) -> str:
+    """The value of --name in `argv` ('--name=V' or '--name V'; the last one wins), '' when absent."""
+    value = ""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def unknown_override(argv: list[str]) -> str | None:
+    """One line about the first --config.PATH of `argv` that the recipe for its --model/--dataset lacks, or None
+    (with --config=FILE the file's own fields are checked by the flag library)."""
+    from ml_collections import ConfigDict
+
+    from train.configs import recipe_for
+
+    if argv_value("config", argv):
+        return None
+    model = argv_value("model", argv) or "lenet5"
+    config = recipe_for(model, argv_value("dataset", argv) or None)
+    for arg in argv:
+        match = re.match(r"--(?:no)?config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, path = config, match.group(1).split(".")
+        for depth, part in enumerate(path):
+            if isinstance(node, ConfigDict) and part in node:
+                node = node[part]
+                continue
+            if path[:depth] == ["model_kwargs"]:
+                options = ", ".join(sorted(config.model_kwargs)) or "none"
+                return f"--config.{match.group(1)}: {model} has no option {part!r} (its options: {options})"
+            return f"--config.{match.group(1)}: the recipe has no field {'.'.join(path[:depth + 1])!r}"
+    return None
+
+
+# The default config is the recipe for --model and --dataset, read from argv before the flags are parsed: the
+# override flags (--config.model_kwargs.aux_logits=...) are defined from the fields of the config loaded here.
+BAD_OVERRIDE = unknown_override(sys.argv[1:])
+if BAD_OVERRIDE is None:
+    CONFIG = config_flags.DEFINE_config_file(
+        "config", f"{_RECIPE_FILE}:{argv_value('model', sys.argv)},{argv_value('dataset', sys.argv)}",
+        "ml_collections config file (default: the recipe for --model and --dataset)", lock_config=False)
 flags.DEFINE_string("model", None, "model name (--list_models)")
 flags.DEFINE_string("dataset", None, "embedded_mnist, a tfds name, or folder:/path")
 flags.DEFINE_string("workdir", None, "checkpoints and logs (default ./workdir/<model>)")
@@ -64,22 +110,16 @@ OVERRIDES = ("model", "dataset", "data_dir", "num_epochs", "num_train_steps", "b
 
 
 def build_config():
-    """The config file (or --model's recipe with the --config.* overrides), then the explicit flags."""
-    from train.configs import recipe_for
+    """The recipe for --model/--dataset (or --config=FILE) with the --config.* overrides, then the explicit flags.
 
-    if FLAGS["config"].present:
-        config = CONFIG.value
-    else:
-        config = recipe_for(FLAGS.model or CONFIG.value.model)
-        for path, value in config_flags.get_override_values(FLAGS["config"]).items():
-            *parents, leaf = path.split(".")
-            node = config
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+    A learning rate given on the command line replaces a recipe's batch-scaled one (`lr_per_256`)."""
+    config = CONFIG.value
     for name in OVERRIDES:
         if FLAGS[name].present:
             config[name] = FLAGS[name].value
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    if FLAGS["learning_rate"].present or "learning_rate" in overrides:
+        config.lr_per_256 = 0.0
     return config
 
 
@@ -93,15 +133,18 @@ def checked_config():
     return config
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a value that does not parse (`--batch_size=2.5`) reported in one line."""
-    from train import config_check
+def announce(config) -> None:
+    """Say what this run does (dataset, input, batch, steps, optimizer; the paper's setting) before it starts."""
+    import jax
 
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {config_check.unparsable_flag_message(e)[:1000]}", file=sys.stderr)
-        sys.exit(1)
+    from jaxcnn import models
+    from train import loop
+    from train.configs import describe
+
+    if jax.process_index() == 0:
+        shape = loop.image_shape_for(config, models.get_spec(config.model))
+        devices = 1 if config.parallel == "single" else jax.device_count()
+        print(describe.describe(config, shape, devices), flush=True)
 
 
 def start_distributed():
@@ -161,8 +204,9 @@ def main(argv):
         logging.getLogger(ours).setLevel(logging.DEBUG if FLAGS.verbose else logging.WARNING)
     if FLAGS.list_models:
         from jaxcnn import models
+        from train.configs import describe
 
-        print("\n".join(models.list_models()))
+        print(describe.models_table(models.list_models(), describe.load_measured()))
         return 0
     try:  # before any work (no jax, no tensorflow yet): a bad number fails in a fraction of a second
         config = checked_config()
@@ -179,6 +223,7 @@ def main(argv):
         if FLAGS.mode == "eval":
             loop.evaluate(config, workdir, FLAGS.split)
             return 0
+        announce(config)
         result = loop.train_and_evaluate(config, workdir)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
         if FLAGS.verbose and watchdog is None:
@@ -189,6 +234,21 @@ def main(argv):
             raise
         return fail(e, watchdog)
     return 130 if result["interrupted"] == "SIGINT" else 0
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad flag, option or value (`--batch_size=2.5`) reported in one line (exit status 1)
+    instead of a usage dump."""
+    from train import config_check
+
+    if BAD_OVERRIDE is not None:
+        print(f"error: {BAD_OVERRIDE}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {config_check.unparsable_flag_message(e)[:1000]}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, 
 DEFAULTS = dict(
     random_crop_padding=0,
     random_resized_crop=False,
+    scale_jitter=(0, 0),  # VGG's training scale: shorter side to S in [S_min, S_max] pixels, then a random crop
     horizontal_flip=False,
     rotation_degrees=0.0,
     zoom=0.0,
@@ -31,7 +32,7 @@ DEFAULTS = dict(
 )
 
 # One stream per op: op seeds are fold_in(example seed, op id), so turning one op on never changes another's draws.
-_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _BRIGHTNESS, _CONTRAST, _SATURATION, _PCA = range(8)
+_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _BRIGHTNESS, _CONTRAST, _SATURATION, _PCA, _SCALE = range(9)
 
 
 def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -77,6 +78,18 @@ def random_resized_crop(
     )
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(crop, size, method="bilinear", antialias=True)
+
+
+def random_scale_crop(image: tf.Tensor, seed: tf.Tensor, size: tuple[int, int], scale: tuple[int, int]) -> tf.Tensor:
+    """Simonyan & Zisserman's scale jittering: the shorter side resized to S ~ U[scale[0], scale[1]] pixels
+    (integer, inclusive; aspect kept), then a random `size` crop. S below the crop side is raised to it."""
+    s = tf.random.stateless_uniform([], seed=op_seed(seed, 0), minval=int(scale[0]), maxval=int(scale[1]) + 1,
+                                    dtype=tf.int32)
+    s = tf.cast(tf.maximum(s, max(size)), tf.float32)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.math.ceil(hw * s / tf.reduce_min(hw)), tf.int32)
+    resized = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
+    return tf.image.stateless_random_crop(resized, [size[0], size[1], tf.shape(image)[2]], seed=op_seed(seed, 1))
 
 
 def horizontal_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -150,6 +163,11 @@ def apply(image: tf.Tensor, seed: tf.Tensor, augment: Mapping[str, Any]) -> tf.T
     if augment["pca_lighting"]:
         image = pca_lighting(image, op_seed(seed, _PCA), float(augment["pca_lighting"]))
     return image
+
+
+def scale_crop_seed(seed: tf.Tensor) -> tf.Tensor:
+    """The seed the pipeline gives `random_scale_crop`."""
+    return op_seed(seed, _SCALE)
 
 
 def resized_crop_seed(seed: tf.Tensor) -> tf.Tensor:

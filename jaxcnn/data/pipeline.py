@@ -237,12 +237,13 @@ def fit_to_size(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 
 
 
 def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) for `normalize` ('dataset', 'imagenet' or 'none'), converted to `channels`."""
+    """(mean, std) for `normalize` ('dataset', 'none', or a key of STATS such as 'imagenet' or 'mnist': an image
+    folder of digits), converted to `channels`."""
     if normalize == "none":
         return np.zeros(channels, np.float32), np.ones(channels, np.float32)
-    if normalize not in ("dataset", "imagenet"):
-        raise ValueError(f"normalize must be 'dataset', 'imagenet' or 'none', not {normalize!r}")
-    mean, std = (np.asarray(v, np.float32) for v in STATS[stats if normalize == "dataset" else "imagenet"])
+    if normalize != "dataset" and normalize not in STATS:
+        raise ValueError(f"normalize must be 'dataset', 'none' or one of {', '.join(STATS)}, not {normalize!r}")
+    mean, std = (np.asarray(v, np.float32) for v in STATS[stats if normalize == "dataset" else normalize])
     if len(mean) == 1:  # grey statistics for an RGB model: tiled like the image
         return np.repeat(mean, channels), np.repeat(std, channels)
     if channels == 1:  # RGB statistics for a grey model: the grey weights applied to them (approximate std)
@@ -314,6 +315,9 @@ class Pipeline:
             seed = tf.random.experimental.stateless_fold_in(base, index)
             if self.train and self.augment["random_resized_crop"]:
                 image = aug.random_resized_crop(image, aug.resized_crop_seed(seed), (height, width))
+            elif self.train and max(self.augment["scale_jitter"]) > 0:
+                image = aug.random_scale_crop(image, aug.scale_crop_seed(seed), (height, width),
+                                              tuple(self.augment["scale_jitter"]))
             else:
                 image = fit_to_size(image, (height, width), self.crop_fraction)
             if self.train:

@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every family."""
 
-from jaxcnn.models.registry import ModelSpec, get_model, get_spec, list_models, register  # noqa: F401
+from jaxcnn.models.registry import ModelSpec, get_model, get_spec, list_models, model_options, register  # noqa: F401
 
 # Each family module registers its models on import.
 from jaxcnn.models import (  # noqa: F401,E402
@@ -14,4 +14,4 @@ from jaxcnn.models import (  # noqa: F401,E402
     vgg,
 )
 
-__all__ = ["ModelSpec", "get_model", "get_spec", "list_models", "register"]
+__all__ = ["ModelSpec", "get_model", "get_spec", "list_models", "model_options", "register"]

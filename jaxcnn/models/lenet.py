@@ -118,17 +118,31 @@ def rbf_centers() -> np.ndarray:
     return np.array([[1.0 if c == "#" else -1.0 for c in "".join(rows)] for rows in DIGIT_BITMAPS], np.float32)
 
 
+def paper_uniform(fan_in: int) -> nn.initializers.Initializer:
+    """The 1998 paper's initialization: uniform in +-2.4 / F_in, F_in the fan-in of the unit the weight feeds
+    (section II.A and appendix C: it keeps the sigmoid units in their linear range at the start)."""
+    bound = 2.4 / fan_in
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 class Subsampling(nn.Module):
     """The paper's S-layer: the sum of each 2x2 window, times one trainable coefficient per map, plus one
-    trainable bias per map (2 parameters per map). The coefficient starts at 1/4, i.e. as average pooling."""
+    trainable bias per map (2 parameters per map). The coefficient starts at 1/4, i.e. as average pooling
+    (with `paper_init`: both uniform in +-2.4/4, a unit's four inputs being its fan-in)."""
 
     dtype: Any = jnp.float32
+    paper_init: bool = False
 
     @nn.compact
     def __call__(self, x):
         maps = x.shape[-1]
-        coef = self.param("coef", nn.initializers.constant(0.25), (maps,))
-        bias = self.param("bias", nn.initializers.zeros, (maps,))
+        paper = paper_uniform(4) if self.paper_init else None
+        coef = self.param("coef", paper or nn.initializers.constant(0.25), (maps,))
+        bias = self.param("bias", paper or nn.initializers.zeros, (maps,))
         window_sum = lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
         return window_sum * coef.astype(self.dtype) + bias.astype(self.dtype)
 
@@ -144,6 +158,7 @@ class SparseConv(nn.Module):
     table: Sequence[Sequence[int]]
     kernel_size: int = 5
     dtype: Any = jnp.float32
+    paper_init: bool = False  # uniform +-2.4/F_in, F_in = 25 x the output map's input maps
 
     @nn.compact
     def __call__(self, x):
@@ -154,11 +169,20 @@ class SparseConv(nn.Module):
             raise ValueError(f"connection table needs {src.max() + 1} input maps, got {maps_in}")
         fan_in = np.array([k * k * len(self.table[j]) for j in dst], np.float32)
 
+        map_fan_in = np.array([k * k * len(ins) for ins in self.table], np.float32)
+
         def init(key, shape, dtype=jnp.float32):  # LeCun normal with each output map's own fan-in
+            if self.paper_init:
+                return (jax.random.uniform(key, shape, dtype, -1.0, 1.0) * (2.4 / fan_in)).astype(dtype)
             return (jax.random.normal(key, shape, dtype) / np.sqrt(fan_in)).astype(dtype)
 
+        def bias_init(key, shape, dtype=jnp.float32):
+            if self.paper_init:
+                return (jax.random.uniform(key, shape, dtype, -1.0, 1.0) * (2.4 / map_fan_in)).astype(dtype)
+            return jnp.zeros(shape, dtype)
+
         kernel = self.param("kernel", init, (k, k, len(src)))
-        bias = self.param("bias", nn.initializers.zeros, (maps_out,))
+        bias = self.param("bias", bias_init, (maps_out,))
         dense = jnp.zeros((k, k, maps_in, maps_out), self.dtype).at[:, :, src, dst].set(kernel.astype(self.dtype))
         y = lax.conv_general_dilated(x, dense, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias.astype(self.dtype)
@@ -177,8 +201,17 @@ class LeNet5_1998(nn.Module):
     num_classes: int = 10
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    # The paper's uniform +-2.4/F_in for every trainable parameter (biases and S-layer coefficients too: the
+    # paper counts them among the connections). Off by default, where LeCun-normal kernels, zero biases and
+    # 1/4 coefficients train faster with plain SGD; the MNIST paper recipe turns it on.
+    paper_init: bool = False
     min_size: ClassVar[int] = 32
     fixed_size: ClassVar[bool] = True
+
+    def _init(self, fan_in: int) -> dict:
+        if not self.paper_init:
+            return {}
+        return dict(kernel_init=paper_uniform(fan_in), bias_init=paper_uniform(fan_in))
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -187,12 +220,13 @@ class LeNet5_1998(nn.Module):
             raise ValueError(f"{self.name or 'lenet5_1998'}: the RBF output has one fixed bitmap per digit, so "
                              f"num_classes must be 10, got {self.num_classes} (use 'lenet5' for other counts)")
         x = x.astype(self.dtype)
-        x = scaled_tanh(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
-        x = scaled_tanh(Subsampling(self.dtype, name="s2")(x))
-        x = scaled_tanh(SparseConv(C3_TABLE, dtype=self.dtype, name="c3")(x))
-        x = scaled_tanh(Subsampling(self.dtype, name="s4")(x))
-        x = scaled_tanh(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
-        x = scaled_tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x.reshape(x.shape[0], -1)))
+        paper = self.paper_init
+        x = scaled_tanh(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1", **self._init(25))(x))
+        x = scaled_tanh(Subsampling(self.dtype, paper, name="s2")(x))
+        x = scaled_tanh(SparseConv(C3_TABLE, dtype=self.dtype, paper_init=paper, name="c3")(x))
+        x = scaled_tanh(Subsampling(self.dtype, paper, name="s4")(x))
+        x = scaled_tanh(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5", **self._init(400))(x))
+        x = scaled_tanh(nn.Dense(84, dtype=self.dtype, name="f6", **self._init(120))(x.reshape(x.shape[0], -1)))
         centers = jnp.asarray(rbf_centers(), jnp.float32)
         distances = jnp.sum(jnp.square(x.astype(jnp.float32)[:, None, :] - centers), axis=-1)
         return -distances

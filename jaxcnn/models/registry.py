@@ -73,3 +73,34 @@ def get_model(name: str, *, num_classes: int | None = None, **kw) -> nn.Module:
     spec = get_spec(name)
     kw.setdefault("name", name)  # a top-level module's name is not part of its variable paths
     return spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes, **kw)
+
+
+# Fields every model has that are not options of the architecture (set by the trainer or by flax).
+_NOT_OPTIONS = frozenset({"num_classes", "dtype", "axis_name", "name", "parent"})
+_OPTION_TYPES = (bool, int, float, str)
+
+
+def model_options(name: str) -> dict[str, bool | int | float | str]:
+    """The keyword options of model `name` with their defaults: the builder's own keyword arguments and the
+    module's plain-valued fields (bool, int, float, str) that the builder lets a caller set.
+
+    These are what `get_model(name, **options)` accepts beyond num_classes/dtype/axis_name (the trainer's
+    `config.model_kwargs`); tables, callables and the fields a builder fixes itself are not options.
+    """
+    import dataclasses
+    import inspect
+
+    spec = get_spec(name)
+    options = {p.name: p.default for p in inspect.signature(spec.builder).parameters.values()
+               if p.default is not inspect.Parameter.empty and p.name not in _NOT_OPTIONS}
+    module = spec.builder(num_classes=spec.num_classes)
+    for field in dataclasses.fields(module):
+        value = getattr(module, field.name, None)
+        if field.name in options or field.name in _NOT_OPTIONS or not isinstance(value, _OPTION_TYPES):
+            continue
+        try:  # a field the builder sets itself ("got multiple values") is not the caller's to choose
+            spec.builder(num_classes=spec.num_classes, **{field.name: value})
+        except TypeError:
+            continue
+        options[field.name] = value
+    return options

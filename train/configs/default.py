@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict(dict(
         random_crop_padding=0,  # CIFAR-style pad-and-crop (pixels)
         random_resized_crop=False,  # Inception-style crop, scale (0.08, 1)
+        scale_jitter=(0, 0),  # VGG: shorter side to S in [S_min, S_max] pixels, then a random crop (0: off)
         horizontal_flip=False,
         rotation_degrees=0.0,
         zoom=0.0,
@@ -33,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.optimizer = "sgd"  # sgd | adam | adamw | rmsprop
     c.learning_rate = 0.01
+    c.lr_per_256 = 0.0  # > 0: the learning rate is lr_per_256 x batch_size / 256 (Goyal et al.), set at start
     c.momentum = 0.9
     c.nesterov = False
     c.b1 = 0.9

@@ -5,9 +5,9 @@ The paper gives no base learning rate or weight decay: 0.01 and 2e-4 here (torch
 from train.configs import default
 
 
-def get_config():
+def get_config(model: str = "googlenet"):
     c = default.get_config()
-    c.model = "googlenet"
+    c.model = model
     c.model_kwargs.aux_logits = True
     c.aux_loss_weight = 0.3
     c.dataset = "imagenet2012"

@@ -1,0 +1,172 @@
+"""Run the default training command for a list of models and write the results: train/configs/measured.json
+(what `python -m train.main --list_models` shows) and the README table between the recipes-table markers.
+
+    python benchmarks/recipes.py vgg16 lenet5 mlp          # `python -m train.main --model=NAME`, one at a time
+    python benchmarks/recipes.py --full_mnist=/path/to/mnist lenet5 lenet5_1998
+
+For each model: the wall time of the whole command (start-up and compilation included), the input size and
+steps of its recipe, the best validation top-1, and the machine load (1-minute load average) before and after.
+
+--full_mnist=DIR: DIR holds the real MNIST training set as idx files (train-images-idx3-ubyte.gz,
+train-labels-idx1-ubyte.gz; 60,000 images). It is written once as an image folder with the LAST 10,000 images
+held out as the test split (train/ then holds 50,000, of which the pipeline keeps 10% for validation); each
+model then trains with the recipe for that dataset (`--dataset=folder:...`) and is evaluated on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "train" / "configs" / "measured.json"
+README = ROOT / "README.md"
+MARKERS = ("<!-- recipes-table:start -->", "<!-- recipes-table:end -->")
+HELD_OUT = 10_000
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return done, time.perf_counter() - start
+
+
+def best_top1(stdout: str) -> float | None:
+    match = re.search(r"best validation top-1: (\d\.\d+)", stdout)
+    return float(match.group(1)) if match else None
+
+
+def recipe_facts(model: str, dataset: str | None = None) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from jaxcnn import models
+    from train.configs import recipe_for
+
+    config, spec = recipe_for(model, dataset), models.get_spec(model)
+    size = config.image_size if config.image_size > 0 else spec.input_shape[0]
+    steps = int(config.num_train_steps) if config.num_train_steps > 0 else f"{config.num_epochs} epochs"
+    return dict(image_size=int(size), steps=steps, batch_size=int(config.batch_size), optimizer=config.optimizer)
+
+
+def measure(model: str, workdir: Path) -> dict:
+    """The default command for `model` (embedded MNIST) in a fresh workdir."""
+    facts, load_before = recipe_facts(model), load_average()  # the recipe as the run reads it
+    done, wall = run([f"--model={model}", f"--workdir={workdir}"])
+    if done.returncode != 0 or best_top1(done.stdout) is None:  # None: stopped (SIGTERM) before its end
+        raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
+                load_before=round(load_before, 2), load_after=round(load_average(), 2),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzip): the magic's last byte is the number of dimensions, then one int32 per dimension."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def mnist_folder(idx_dir: Path, out: Path) -> Path:
+    """The 60,000 MNIST training images as out/{train,test}/<digit>/<index>.png; the last HELD_OUT are test."""
+    from PIL import Image
+
+    if (out / "done").exists():
+        return out
+    images = read_idx(idx_dir / "train-images-idx3-ubyte.gz")
+    labels = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
+    for i, (image, label) in enumerate(zip(images, labels)):
+        split = "test" if i >= len(images) - HELD_OUT else "train"
+        target = out / split / str(label)
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(target / f"{i:05d}.png")
+    (out / "done").write_text(f"{len(images)} images, the last {HELD_OUT} held out as test\n")
+    return out
+
+
+def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
+    dataset = f"folder:{folder}"
+    facts, load_before = recipe_facts(model, dataset), load_average()
+    done, wall = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}"])
+    if done.returncode != 0:
+        raise SystemExit(f"{model} on full MNIST failed: {done.stderr.strip().splitlines()[-1:]}")
+    evaluation, _ = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}", "--mode=eval",
+                         "--split=test"])
+    if evaluation.returncode != 0:
+        raise SystemExit(f"{model} test evaluation failed: {evaluation.stderr.strip().splitlines()[-1:]}")
+    test = json.loads((workdir / "eval_test.json").read_text())
+    return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
+                test_error=round(1 - test["top1"], 5), test_count=test["count"],
+                load_before=round(load_before, 2), load_after=round(load_average(), 2),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+
+
+def table(measured: dict) -> str:
+    """The README results table (markdown) from the measured figures."""
+    lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after) |",
+             "|---|---|---|---|---|---|"]
+    for model, m in sorted(measured.get("embedded", {}).items()):
+        if m.get("best_top1") is None:  # a run stopped before its end
+            continue
+        verdict = "" if m["wall_s"] <= 900 and (m["best_top1"] or 0) >= 0.97 else " (misses the target)"
+        lines.append(f"| {model} | {m['image_size']}x{m['image_size']} | {m['steps']} | "
+                     f"{m['wall_s'] / 60:.1f} min | {100 * (m['best_top1'] or 0):.2f}%{verdict} | "
+                     f"{m['load_before']}/{m['load_after']} |")
+    full = measured.get("full_mnist", {})
+    if full:
+        lines += ["", "Full MNIST (60,000 images; the last 10,000 held out as the test split, 5,000 of the rest "
+                  "as validation):", "",
+                  "| model | recipe steps | wall time | test error | load (before/after) |", "|---|---|---|---|---|"]
+        for model, m in sorted(full.items()):
+            lines.append(f"| {model} | {m['steps']} | {m['wall_s'] / 60:.1f} min | {100 * m['test_error']:.2f}% "
+                         f"({m['test_count']} images) | {m['load_before']}/{m['load_after']} |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str, readme: Path = README) -> None:
+    content = readme.read_text()
+    start, end = MARKERS
+    if start not in content:
+        raise SystemExit(f"{readme} lacks the {start} ... {end} markers")
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="models to run (none: only rewrite the README table)")
+    parser.add_argument("--full_mnist", type=Path, help="directory of the MNIST idx files: run the models on it")
+    parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "jaxcnn_recipes")
+    args = parser.parse_args()
+    measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
+    for model in args.models:
+        workdir = args.scratch / ("full_mnist" if args.full_mnist else "embedded") / model / time.strftime("%H%M%S")
+        if args.full_mnist:
+            folder = mnist_folder(args.full_mnist, args.scratch / "mnist_folder")
+            result = measure_full_mnist(model, folder, workdir)
+            measured.setdefault("full_mnist", {})[model] = result
+        else:
+            result = measure(model, workdir)
+            measured.setdefault("embedded", {})[model] = result
+        print(model, json.dumps(result), flush=True)
+        MEASURED.write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")  # kept after every model
+    write_readme(table(measured))
+
+
+if __name__ == "__main__":
+    main()

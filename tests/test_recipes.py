@@ -1,0 +1,205 @@
+"""Recipes by model and dataset: every model's default recipe resolves and trains two steps through the CLI;
+the paper recipes are picked by dataset; model options from the command line; the paper initializations by
+value; ResNet's learning rate scaled by the batch the run uses."""
+
+import json
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_checkpoint import compilation_cache  # noqa: F401  (autouse: one XLA cache for the runs)
+from test_cli import run_cli
+
+from jaxcnn import models, optim
+from train.configs import describe, recipe_for
+
+# Through the CLI in the default suite: one model of every family (the cheapest) and the two with auxiliary
+# heads. Each run is a fresh process that compiles its model (a minute or more on 2 cores), so the other models,
+# deeper variants of the same code, run with `-m variants`; every recipe still resolves in the default suite.
+DEFAULT_SUITE = ("mlp", "lenet5", "lenet5_1998", "alexnet", "vgg11", "nin", "googlenet", "googlenet_2014",
+                 "inception_v3", "resnet18", "densenet121")
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_default_recipe_resolves_for_every_model(name):
+    spec = models.get_spec(name)
+    config = recipe_for(name)
+    assert config.model == name and config.dataset == "embedded_mnist"
+    size = config.image_size if config.image_size > 0 else spec.input_shape[0]
+    assert size >= spec.min_size and (not spec.fixed_size or size == spec.min_size), size
+    assert size <= max(75, spec.min_size), size  # at or near the minimum: a laptop can afford it
+    total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * 10_000 // config.batch_size
+    assert 100 <= total <= 5000, total
+    assert set(config.model_kwargs) == set(models.model_options(name))  # each one settable from the CLI
+    text = describe.describe(config, (size, size, spec.input_shape[2]))
+    assert text.splitlines()[0] == f"{name} on embedded_mnist: laptop recipe"
+    assert f"input {size}x{size}x{spec.input_shape[2]}, batch {config.batch_size}" in text
+    assert config.optimizer in text and "--dataset=" in text  # how to get the paper's setting
+
+
+def test_recipe_follows_the_dataset():
+    vgg = recipe_for("vgg16", "imagenet2012")
+    assert (vgg.batch_size, vgg.learning_rate, vgg.weight_decay, vgg.num_epochs) == (256, 0.01, 5e-4, 74)
+    assert tuple(vgg.augment.scale_jitter) == (256, 512) and not vgg.augment.random_resized_crop
+    assert recipe_for("vgg19_bn", "imagenet2012").augment.scale_jitter == vgg.augment.scale_jitter
+
+    alexnet = recipe_for("alexnet_2012", "imagenet2012")
+    assert alexnet.model_kwargs.paper_init and alexnet.augment.pca_lighting == 0.1 and alexnet.batch_size == 128
+    assert not recipe_for("alexnet_2012").model_kwargs.paper_init  # the laptop recipe keeps the fast init
+
+    for dataset in ("mnist", "folder:/data/mnist"):
+        lenet = recipe_for("lenet5", dataset)
+        assert lenet.dataset == dataset and lenet.num_epochs == 20 and lenet.normalize == "mnist"
+        paper = recipe_for("lenet5_1998", dataset)
+        assert paper.model_kwargs.paper_init and tuple(paper.piecewise_boundaries) == (2, 5, 8, 12)
+    assert recipe_for("lenet5").num_epochs == 10  # the embedded subset: the laptop recipe
+
+    for dataset in (None, "imagenet2012", "cifar10"):  # googlenet_2014 keeps its auxiliary heads everywhere
+        assert recipe_for("googlenet_2014", dataset).model_kwargs.aux_logits is True
+    other = recipe_for("resnet18", "cifar10")  # no paper recipe for this pair: the laptop one on that data
+    assert other.dataset == "cifar10" and other.optimizer == recipe_for("resnet18").optimizer
+    assert recipe_for("resnet18", "imagenet2012").lr_per_256 == 0.1
+
+
+def test_resnet50_learning_rate_scales_with_the_batch():
+    config = recipe_for("resnet50", "imagenet2012")
+    for batch, lr in ((256, 0.1), (1024, 0.4), (64, 0.025)):
+        config.batch_size = batch
+        assert optim.base_learning_rate(config) == pytest.approx(lr)
+        steps_per_epoch = 1000
+        schedule = optim.build_schedule(config, steps_per_epoch)
+        peak = int(config.warmup_epochs * steps_per_epoch)  # the warm-up ends at the scaled rate
+        assert float(schedule(peak)) == pytest.approx(lr, rel=1e-5)
+        assert float(schedule(peak // 2)) == pytest.approx(lr / 2, rel=1e-4)
+
+
+def test_cli_scales_the_batch_learning_rate_and_names_the_recipe(tmp_path):
+    """The first lines of a run; no ImageNet here, so the run then stops with one line (and exit status 1)."""
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    common = ("--model=resnet50", "--dataset=imagenet2012", f"--data_dir={empty}", f"--workdir={tmp_path / 'w'}")
+    scaled = run_cli(*common, "--batch_size=1024")
+    assert scaled.returncode == 1 and "ILSVRC2012_img_train.tar" in scaled.stderr.strip().splitlines()[-1]
+    lines = scaled.stdout.splitlines()
+    assert lines[0] == "resnet50 on imagenet2012: paper recipe"
+    assert "input 224x224x3, batch 1024" in lines[1] and "90 epochs" in lines[1]
+    assert "sgd momentum 0.9, learning rate 0.4 (= 0.1 x batch 1024 / 256)" in lines[2]
+    explicit = run_cli(*common, "--batch_size=1024", "--learning_rate=0.2")
+    assert "learning rate 0.2 with" in explicit.stdout.splitlines()[2]  # a given rate is not scaled
+
+
+def test_bad_model_options_get_one_line(tmp_path):
+    cases = {("--model=mlp", "--config.model_kwargs.bogus=1"): "mlp has no option 'bogus' (its options: dropout)",
+             ("--model=googlenet_2014", "--config.model_kwargs.aux_logits=maybe"): "--config.model_kwargs.aux_logits",
+             ("--model=vgg16", "--config.no_such_field=1"): "no field 'no_such_field'"}
+    for flags, phrase in cases.items():
+        done = run_cli(*flags, f"--workdir={tmp_path}")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (flags, done.stderr)
+        assert phrase in lines[0] and "Traceback" not in done.stderr, (flags, lines)
+
+
+def cli_params() -> list:
+    return [pytest.param(name, marks=[] if name in DEFAULT_SUITE else [pytest.mark.variants])
+            for name in models.list_models()]
+
+
+@pytest.mark.parametrize("name", cli_params())
+def test_default_recipe_trains_two_steps_through_the_cli(name, tmp_path):
+    """`python -m train.main --model=NAME` with the recipe's input size, cut to 2 steps of 2 images.
+
+    googlenet runs with `--config.model_kwargs.aux_logits=True` (the override) and googlenet_2014 with its
+    default: both must then train their auxiliary heads (an aux_loss in the logs)."""
+    spec = models.get_spec(name)
+    config = recipe_for(name)
+    size = config.image_size if config.image_size > 0 else spec.input_shape[0]
+    extra = ("--config.model_kwargs.aux_logits=True",) if name == "googlenet" else ()
+    done = run_cli(f"--model={name}", f"--workdir={tmp_path}", "--num_train_steps=2", "--batch_size=2",
+                   "--config.eval_batch_size=2", "--config.eval_steps=1", "--config.eval_every_steps=2",
+                   "--config.parallel=single", "--log_every_steps=1", *extra, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{name} on embedded_mnist: laptop recipe"
+    assert f"input {size}x{size}x{spec.input_shape[2]}, batch 2 over 1 device(s), 2 steps" in lines[1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) for r in records), records
+    assert [r["count"] for r in records if r["split"] == "validation"] == [2]
+    if name in ("googlenet", "googlenet_2014"):
+        assert "aux_logits=True" in done.stdout
+        assert all(r["aux_loss"] > 0 for r in train), train
+    else:
+        assert all("aux_loss" not in r for r in train)
+    assert re.search(r"\d+/2 \[", done.stderr)  # the tqdm bar (steps done / total, elapsed, rate)
+
+
+# --- The paper initializations, by value ---------------------------------------------------------------------
+
+
+def init_params(name: str, shape, **options) -> dict:
+    model = models.get_model(name, num_classes=1000 if name == "alexnet_2012" else 10, **options)
+    return jax.jit(lambda key: model.init(key, jnp.zeros((1, *shape)), train=False)["params"])(jax.random.key(0))
+
+
+def test_alexnet_2012_paper_initialization():
+    params = jax.device_get(init_params("alexnet_2012", (227, 227, 3), paper_init=True))
+    ones = {"features_4", "features_10", "features_12", "classifier_0", "classifier_3"}
+    assert set(params) == ones | {"features_0", "features_8", "classifier_6"}
+    for name, layer in params.items():
+        np.testing.assert_array_equal(layer["bias"], 1.0 if name in ones else 0.0, err_msg=name)
+        kernel = np.asarray(layer["kernel"], np.float64)
+        # N(0, 0.01): the sample std of n draws is within ~5/sqrt(2n) relative of 0.01 (n >= 34,848).
+        assert abs(kernel.std() - 0.01) < 0.01 * 5 / math.sqrt(2 * kernel.size), (name, kernel.std())
+        assert abs(kernel.mean()) < 5 * 0.01 / math.sqrt(kernel.size), (name, kernel.mean())
+    default = jax.device_get(init_params("alexnet_2012", (227, 227, 3)))
+    assert all(np.all(layer["bias"] == 0) for layer in default.values())  # the option is off by default
+
+
+def test_lenet5_1998_paper_initialization():
+    params = jax.device_get(init_params("lenet5_1998", (32, 32, 1), paper_init=True))
+    c3_fan_in = [25 * len(ins) for ins in models.lenet.C3_TABLE]  # 75, 100 or 150 per output map
+    fan_in = {"c1": 25, "s2": 4, "s4": 4, "c5": 400, "f6": 120}
+    for layer, values in params.items():
+        for kind, value in values.items():
+            value = np.asarray(value)
+            if layer == "c3":
+                per_map = np.array(c3_fan_in, np.float32)
+                if kind == "bias":
+                    bound = 2.4 / per_map
+                else:  # the connected kernels side by side, in table order
+                    bound = np.repeat(2.4 / per_map, [len(ins) for ins in models.lenet.C3_TABLE])
+            else:
+                bound = np.float32(2.4 / fan_in[layer])
+            assert np.all(np.abs(value) <= bound), (layer, kind)
+            # Uniform in +-bound: values spread over the whole range (max |x| near the bound, mean |x| ~ bound/2).
+            ratio = np.abs(value) / bound
+            assert ratio.max() > 0.5 and 0.25 < ratio.mean() < 0.75, (layer, kind, ratio.max(), ratio.mean())
+    c1 = np.asarray(params["c1"]["kernel"])
+    assert 0.8 * 2.4 / 25 < np.abs(c1).max() <= 2.4 / 25  # 150 draws: the largest comes close to the bound
+
+
+# --- VGG's scale jittering (jaxcnn.data.augment.random_scale_crop) ------------------------------------------
+
+
+def test_scale_jitter_rescales_the_shorter_side_into_the_range():
+    """A horizontal ramp 0..1 over 400 columns of a 300x400 image: after the shorter side goes to S the ramp
+    rises 300 / (400 S) per column, so the crop's slope tells S."""
+    import tensorflow as tf
+
+    from jaxcnn.data import augment
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 400, dtype=np.float32), (300, 1))[..., None]
+
+    def scale_of(seed: int, scale) -> float:
+        crop = augment.random_scale_crop(tf.constant(ramp), tf.constant([seed, 0], tf.int64), (224, 224), scale)
+        assert tuple(crop.shape) == (224, 224, 1)
+        slope = np.mean(np.diff(crop.numpy()[112, 20:-20, 0]))  # away from the antialiasing at the borders
+        return 300 / (400 * slope) * (399 / 400)  # linspace steps are 1/399
+
+    assert scale_of(0, (256, 256)) == pytest.approx(256, rel=0.01)
+    sizes = [scale_of(seed, (256, 512)) for seed in range(24)]
+    assert all(250 <= s <= 520 for s in sizes), sizes
+    assert min(sizes) < 320 and max(sizes) > 450, sizes  # the draws cover the range, not one scale
