@@ -26,6 +26,16 @@ def bad_values(rule: config_check.Range) -> list:
     return [v for v in candidates if not rule.accepts(v)]
 
 
+def model_having(flag: str) -> list[str]:
+    """["--model=M"] for a model option's flag (the first model that has the option), else []."""
+    option = flag.removeprefix("config.model_kwargs.")
+    if option == flag:
+        return []
+    from jaxcnn.models import list_models, model_options
+
+    return [f"--model={next(m for m in list_models() if option in model_options(m))}"]
+
+
 def cases() -> list[tuple[str, str, str, object]]:
     """(flag, value as typed, field named in the error, value) for every numeric field and flag."""
     out = []
@@ -57,7 +67,8 @@ def outcomes(tmp_path_factory):
     def run(index):
         flag, typed, _, _ = CASES[index]
         workdir = base / f"w{index}"
-        command = [sys.executable, "-m", "train.main", f"--{flag}={typed}", f"--workdir={workdir}"]
+        command = [sys.executable, "-m", "train.main", *model_having(flag), f"--{flag}={typed}",
+                   f"--workdir={workdir}"]
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         return done, workdir
 

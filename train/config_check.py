@@ -77,6 +77,7 @@ RULES: dict[str, Range] = {
     "num_epochs": Range(1, 1_000_000, integer=True),
     "num_train_steps": _steps(also=(-1,)),
     "learning_rate": Range(0, 100, open_low=True),
+    "lr_per_256": Range(0, 100),  # 0: off (learning_rate as given)
     "momentum": _fraction(),
     "b1": _fraction(),
     "b2": _fraction(),
@@ -105,11 +106,20 @@ RULES: dict[str, Range] = {
     "augment.zoom": _fraction(),
     "augment.color_jitter": Range(0, 1),
     "augment.pca_lighting": Range(0, 10),
+    # The numeric model options (jaxcnn.models.model_options) the recipes expose.
+    "model_kwargs.dropout": _fraction(),
+    "model_kwargs.aux_dropout": _fraction(),
+    "model_kwargs.bn_epsilon": Range(0, 1, open_low=True),
+    "model_kwargs.bn_momentum": _fraction(),
+    "model_kwargs.bn_size": Range(1, 64, integer=True),
+    "model_kwargs.branch3_kernel": Range(1, 15, integer=True),
+    "model_kwargs.pool4_window": Range(1, 15, integer=True),
 }
 # Fields holding a sequence of numbers: a rule for each element.
 ELEMENT_RULES: dict[str, Range] = {
     "piecewise_boundaries": Range(0, 1_000_000),  # epochs
     "piecewise_values": Range(0, 100),  # learning rates
+    "augment.scale_jitter": Range(0, 8192, integer=True),  # (S_min, S_max) pixels; (0, 0): off
 }
 # The numeric flags that are not config fields (train/main.py).
 FLAG_RULES: dict[str, Range] = {
