@@ -126,8 +126,8 @@ def _input_tangent(dx, w, strides, padding):
     """The term dx * w of the convolution's tangent, written so that its transpose is the fast input gradient."""
     if strides == (1, 1):
         # The same convolution, with w read as HWOI after swapping its channel axes: transposed, this is the
-        # forward convolution of dy with the flipped kernel in plain HWIO (XLA's own transpose of an HWIO
-        # convolution reads its kernel as HWOI, which XLA:CPU runs slower: benchmarks/NOTES.md).
+        # forward convolution of dy with the flipped kernel in plain HWIO, the form measured and kept
+        # (benchmarks/NOTES.md); JAX's transpose of an HWIO convolution would read the kernel as HWOI.
         return lax.conv_general_dilated(dx, w.transpose(0, 1, 3, 2), strides, padding,
                                         dimension_numbers=("NHWC", "HWOI", "NHWC"))
     # Strided: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice added back.

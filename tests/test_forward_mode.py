@@ -30,27 +30,22 @@ def relative_error(ours, reference) -> float:
 
 @pytest.mark.parametrize("name", list_models())
 def test_jvp_through_every_model_equals_plain_lax(name):
-    """jax.jvp in the input at the smallest size, batch 1: ours and the plain-lax model in one jitted function
-    (one compilation per model). Tangents in the weights go through the same rules and are checked layer by
-    layer in test_conv.py and on a whole network below."""
+    """jax.jvp in the input at the smallest size, batch 1, ours and the plain-lax model. Run op by op, not
+    jitted: the operations' compilations are cached across the models, whose layers repeat (compiling each
+    model's jvp twice cost several times as much). Tangents in the weights go through the same rules and are
+    checked layer by layer in test_conv.py and on a whole network below."""
     spec = get_spec(name)
     model = get_model(name)
     x = jax.random.normal(jax.random.key(0), (1, spec.min_size, spec.min_size, spec.input_shape[2]))
     tangent = jax.random.normal(jax.random.key(1), x.shape)
+    variables = model.init(jax.random.key(2), x)
 
-    @jax.jit
-    def both(x, tangent):
-        variables = model.init(jax.random.key(2), x)
+    def jvp():
+        return jax.jvp(lambda x: model.apply(variables, x, train=False), (x,), (tangent,))
 
-        def jvp():
-            return jax.jvp(lambda x: model.apply(variables, x, train=False), (x,), (tangent,))
-
-        ours = jvp()
-        with plain_lax():
-            plain = jvp()
-        return ours, plain
-
-    (out, tangent_out), (plain_out, plain_tangent_out) = both(x, tangent)
+    out, tangent_out = jvp()
+    with plain_lax():
+        plain_out, plain_tangent_out = jvp()
     np.testing.assert_allclose(out, plain_out, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(plain_out))))
     assert float(jnp.max(jnp.abs(plain_tangent_out))) > 0
     assert relative_error(tangent_out, plain_tangent_out) < 1e-5  # ~1e-7-1e-6 measured
