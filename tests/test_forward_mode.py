@@ -28,7 +28,16 @@ def relative_error(ours, reference) -> float:
     return float(jnp.max(jnp.abs(ours - reference)) / jnp.max(jnp.abs(reference)))
 
 
-@pytest.mark.parametrize("name", list_models())
+# In the default suite: every distinct block (basic and bottleneck residual, grouped, dense, inception, LRN and
+# grouped AlexNet, BatchNorm VGG, the 1998 LeNet...). The deeper variants of the same code are slow to run op by
+# op (densenet161 alone 11 min on a loaded 2-core box) and run with `-m variants`.
+DEFAULT_SUITE = ("mlp", "lenet5", "lenet5_1998", "alexnet", "alexnet_2012", "alexnet_bn", "zfnet", "nin", "vgg11",
+                 "vgg11_bn", "googlenet", "googlenet_2014", "inception_v3", "resnet18", "resnet50",
+                 "resnext50_32x4d", "densenet121")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in DEFAULT_SUITE else [pytest.mark.variants])
+                                  for n in list_models()])
 def test_jvp_through_every_model_equals_plain_lax(name):
     """jax.jvp in the input at the smallest size, batch 1, ours and the plain-lax model. Run op by op, not
     jitted: the operations' compilations are cached across the models, whose layers repeat (compiling each
