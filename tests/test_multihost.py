@@ -7,6 +7,7 @@ process whose peer dies must leave with one line instead of hanging; tfds datase
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,7 +132,7 @@ def test_two_processes_match_four_devices(tmp_path):
     assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints", "metrics.jsonl", "tensorboard"]
     for process, (out, err) in enumerate(sum(launches, [])):
         primary = process % 2 == 0
-        assert any(line.startswith("step ") for line in err.splitlines()) == primary, (process, err)
+        assert any(is_progress(line) for line in err.splitlines()) == primary, (process, err)
         assert ("best validation top-1" in out) == primary, (process, out)
     assert "resuming from step 3 (epoch 0, batch 3)" in launches[1][0][1]
     assert "resuming from step 6 (epoch 0, batch 6)" in launches[2][0][1]
@@ -149,11 +150,22 @@ def saved_variables(workdir: Path, step: int) -> dict:
 # ------------------------------------------------------------------------------------------- a dead peer
 
 
+def is_progress(line: str) -> bool:
+    """A progress line: train.main's tqdm bar ("compiling/training: ... 2/100 [...]") or psum_loop's "step N/"."""
+    return line.startswith(("step ", "compiling", "training"))
+
+
+def steps_done(line: str) -> int:
+    """The step count a progress line shows (0 when it shows none)."""
+    match = re.search(r"(?:^step |\| ?)(\d+)/", line)
+    return int(match.group(1)) if is_progress(line) and match else 0
+
+
 def wait_for_steps(proc: subprocess.Popen, steps: int = 2) -> list[str]:
     lines = []
-    for line in proc.stderr:
+    for line in proc.stderr:  # text mode: tqdm's carriage returns end lines too
         lines.append(line)
-        if line.startswith(f"step {steps}/"):
+        if steps_done(line) >= steps:
             return lines
     raise AssertionError(f"process 0 ended before step {steps}: {''.join(lines)}")
 
@@ -178,7 +190,7 @@ def kill_and_time(victim: int, *flags: str) -> tuple[subprocess.Popen, float, st
 def test_dead_peer_ends_the_other_process_with_one_line(tmp_path):
     survivor, seconds, err = kill_and_time(1, f"--workdir={tmp_path}", "--num_train_steps=100000")
     assert survivor.returncode == 1, err
-    messages = [line for line in err.splitlines() if not line.startswith("step ")]
+    messages = [line for line in err.splitlines() if line.strip() and not is_progress(line)]
     expected = (f"error: process 1 of 2 stopped (no heartbeat for {PEER_TIMEOUT} s: killed, crashed or hung); "
                 "process 0 exits")
     assert messages == [expected], err
