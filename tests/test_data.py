@@ -6,6 +6,7 @@ No network and no ../shared: tfds datasets come from `tfds.testing.mock_data`, f
 import functools
 import io
 import pathlib
+import re
 import types
 
 import numpy as np
@@ -313,3 +314,19 @@ def test_augmentations_do_what_they_say():
         assert any(np.array_equal(c, padded[y : y + 32, x : x + 32]) for y in range(9) for x in range(9))
     with pytest.raises(ValueError, match="unknown augment"):
         aug.options(dict(mixup=0.2))
+
+
+def test_explicit_normalization_round_trips_and_refuses_bad_strings_in_one_line():
+    """normalize='RGB|BGR;mean=..;std=..' (published weights' statistics): read back to the float32 values
+    written, in the channel order written; malformed strings are one ValueError line naming the form."""
+    mean, std = (0.4076, 0.458, 0.485), (1 / 255, 1 / 255, 1 / 255)
+    spec = pipeline_lib.explicit_normalize(mean, std, "BGR")
+    got_mean, got_std = pipeline_lib.normalization(spec, "imagenet", 3)
+    assert np.array_equal(got_mean, np.float32(mean)) and np.array_equal(got_std, np.float32(std))
+    assert pipeline_lib.channel_order(spec) == "BGR" and pipeline_lib.channel_order("imagenet") == "RGB"
+    for bad, says in (("GBR;mean=0,0,0;std=1,1,1", "is not RGB|BGR;mean="), ("RGB;mean=0,0,x;std=1,1,1", "is not"),
+                      ("RGB;mean=0,0,0", "is not"), ("RGB;mean=0,0,0;std=1,0,1", "std above 0"),
+                      ("RGB;mean=0,0;std=1,1", "has 2 channels, the model takes 3")):
+        with pytest.raises(ValueError, match=re.escape(says)) as error:
+            pipeline_lib.normalization(bad, "imagenet", 3)
+        assert "\n" not in str(error.value)
