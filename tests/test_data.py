@@ -324,8 +324,9 @@ def test_explicit_normalization_round_trips_and_refuses_bad_strings_in_one_line(
     got_mean, got_std = pipeline_lib.normalization(spec, "imagenet", 3)
     assert np.array_equal(got_mean, np.float32(mean)) and np.array_equal(got_std, np.float32(std))
     assert pipeline_lib.channel_order(spec) == "BGR" and pipeline_lib.channel_order("imagenet") == "RGB"
-    for bad, says in (("GBR;mean=0,0,0;std=1,1,1", "is not RGB|BGR;mean="), ("RGB;mean=0,0,x;std=1,1,1", "is not"),
-                      ("RGB;mean=0,0,0", "is not"), ("RGB;mean=0,0,0;std=1,0,1", "std above 0"),
+    for bad, says in (("GBR;mean=0,0,0;std=1,1,1", "is not RGB|BGR;mean="),
+                      ("RGB;mean=0,0,x;std=1,1,1", "is not"), ("RGB;mean=0,0,0", "is not"),
+                      ("RGB;mean=0,0,0;std=1,0,1", "std above 0"),
                       ("RGB;mean=0,0;std=1,1", "has 2 channels, the model takes 3")):
         with pytest.raises(ValueError, match=re.escape(says)) as error:
             pipeline_lib.normalization(bad, "imagenet", 3)

@@ -505,7 +505,7 @@ def publisher_entry(monkeypatch, **preprocessing):
 
 
 def eval_pipeline_and_files(config, metadata):
-    """The pipeline `evaluate` builds for `config` and weights with `metadata`, and its files in batch order."""
+    """The pipeline `evaluate` builds for `config` and weights with `metadata`; its files in batch order."""
     from train import loop
 
     recorded = loop.as_recorded(config, metadata)
@@ -515,9 +515,10 @@ def eval_pipeline_and_files(config, metadata):
     return pipe, files
 
 
-# Pillow resizes uint8 images in two passes, rounding after each; tf.image.resize keeps floats (its antialiased
-# bilinear kernel is Pillow's triangle filter). Measured on the photos here: at most 1.00005/255 per pixel on
-# the [0, 1] scale, 0.30/255 on average; at 256/232/342 -> 224/299 on 257-500 px photos at most 1.0/255.
+# Pillow resizes uint8 images in two passes, rounding after each; tf.image.resize keeps floats (its
+# antialiased bilinear kernel is Pillow's triangle filter). Measured on the photos here: at most 1.00005/255
+# per pixel on the [0, 1] scale, 0.30/255 on average; at 256/232/342 -> 224/299 on 257-500 px photos at most
+# 1.0/255.
 RESIZE_ROUNDING = 1.001 / 255
 
 

@@ -276,7 +276,8 @@ def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray
     explicit = _explicit(normalize)
     if explicit:
         if len(explicit[1]) != channels:
-            raise ValueError(f"normalize {normalize!r} has {len(explicit[1])} channels, the model takes {channels}")
+            raise ValueError(f"normalize {normalize!r} has {len(explicit[1])} channels, "
+                             f"the model takes {channels}")
         return explicit[1], explicit[2]
     if normalize != "dataset" and normalize not in STATS:
         raise ValueError(f"normalize must be 'dataset', 'none', one of {', '.join(STATS)} or "
