@@ -344,12 +344,13 @@ def test_predict_prepares_a_bgr_run_as_its_pipeline_does(tmp_path):
         (tmp_path / split / "x").mkdir(parents=True)
         Image.fromarray(pixels).save(tmp_path / split / "x" / "0.png")
     spec = pipeline_lib.explicit_normalize((0.4, 0.45, 0.5), (0.2, 0.25, 0.3), "BGR")
-    pipe = make_pipeline(f"folder:{tmp_path}", "validation", batch_size=1, image_shape=(32, 32, 3), train=False,
-                         seed=0, normalize=spec, crop_fraction=0.8)
+    pipe = make_pipeline(f"folder:{tmp_path}", "validation", batch_size=1, image_shape=(32, 32, 3),
+                         train=False, seed=0, normalize=spec, crop_fraction=0.8)
     batch = next(pipe.epoch(0))["image"][0]
     mean, std = pipeline_lib.normalization(spec, "imagenet", 3)
-    run = types.SimpleNamespace(metadata={}, image_shape=(32, 32, 3), inputs=dict(
-        normalize=spec, source_shape=[None, None, 3], crop_fraction=0.8, mean=mean.tolist(), std=std.tolist()))
+    inputs = dict(normalize=spec, source_shape=[None, None, 3], crop_fraction=0.8, mean=mean.tolist(),
+                  std=std.tolist())
+    run = types.SimpleNamespace(metadata={}, image_shape=(32, 32, 3), inputs=inputs)
     prepared = predict.prepare_image(predict.read_image(tmp_path / "validation" / "x" / "0.png"), run)
     np.testing.assert_allclose(prepared, batch, atol=1e-6)
     rgb_first = (batch * std + mean)[..., ::-1]  # undo the normalization and the reversal: pixels in RGB
