@@ -6,6 +6,7 @@ No network and no ../shared: tfds datasets come from `tfds.testing.mock_data`, f
 import functools
 import io
 import pathlib
+import re
 import types
 
 import numpy as np
@@ -313,3 +314,44 @@ def test_augmentations_do_what_they_say():
         assert any(np.array_equal(c, padded[y : y + 32, x : x + 32]) for y in range(9) for x in range(9))
     with pytest.raises(ValueError, match="unknown augment"):
         aug.options(dict(mixup=0.2))
+
+
+def test_explicit_normalization_round_trips_and_refuses_bad_strings_in_one_line():
+    """normalize='RGB|BGR;mean=..;std=..' (published weights' statistics): read back to the float32 values
+    written, in the channel order written; malformed strings are one ValueError line naming the form."""
+    mean, std = (0.4076, 0.458, 0.485), (1 / 255, 1 / 255, 1 / 255)
+    spec = pipeline_lib.explicit_normalize(mean, std, "BGR")
+    got_mean, got_std = pipeline_lib.normalization(spec, "imagenet", 3)
+    assert np.array_equal(got_mean, np.float32(mean)) and np.array_equal(got_std, np.float32(std))
+    assert pipeline_lib.channel_order(spec) == "BGR" and pipeline_lib.channel_order("imagenet") == "RGB"
+    for bad, says in (("GBR;mean=0,0,0;std=1,1,1", "is not RGB|BGR;mean="),
+                      ("RGB;mean=0,0,x;std=1,1,1", "is not"), ("RGB;mean=0,0,0", "is not"),
+                      ("RGB;mean=0,0,0;std=1,0,1", "std above 0"),
+                      ("RGB;mean=0,0;std=1,1", "has 2 channels, the model takes 3")):
+        with pytest.raises(ValueError, match=re.escape(says)) as error:
+            pipeline_lib.normalization(bad, "imagenet", 3)
+        assert "\n" not in str(error.value)
+
+
+def test_predict_prepares_a_bgr_run_as_its_pipeline_does(tmp_path):
+    """A run whose normalize reverses the channels (a Keras-VGG-like 'BGR;mean=..;std=..'): predict's
+    prepare_image gives the pipeline's own batch for the same image file."""
+    from train import predict
+
+    low = np.uint8([200, 100, 0])  # red above green above blue: a reversal shows
+    pixels = np.random.default_rng(0).integers(0, 56, (40, 48, 3), dtype=np.uint8) + low
+    for split in ("train", "validation"):
+        (tmp_path / split / "x").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / split / "x" / "0.png")
+    spec = pipeline_lib.explicit_normalize((0.4, 0.45, 0.5), (0.2, 0.25, 0.3), "BGR")
+    pipe = make_pipeline(f"folder:{tmp_path}", "validation", batch_size=1, image_shape=(32, 32, 3),
+                         train=False, seed=0, normalize=spec, crop_fraction=0.8)
+    batch = next(pipe.epoch(0))["image"][0]
+    mean, std = pipeline_lib.normalization(spec, "imagenet", 3)
+    inputs = dict(normalize=spec, source_shape=[None, None, 3], crop_fraction=0.8, mean=mean.tolist(),
+                  std=std.tolist())
+    run = types.SimpleNamespace(metadata={}, image_shape=(32, 32, 3), inputs=inputs)
+    prepared = predict.prepare_image(predict.read_image(tmp_path / "validation" / "x" / "0.png"), run)
+    np.testing.assert_allclose(prepared, batch, atol=1e-6)
+    rgb_first = (batch * std + mean)[..., ::-1]  # undo the normalization and the reversal: pixels in RGB
+    assert np.abs(rgb_first.mean(axis=(0, 1)) - pixels.mean(axis=(0, 1)) / 255).max() < 0.02

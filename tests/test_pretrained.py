@@ -497,3 +497,76 @@ def test_train_and_eval_cli_start_from_published_weights(tv_file, monkeypatch, t
                                                     reduction="none").tolist()
     assert result["count"] == len(losses) == 8
     assert abs(result["loss"] - float(np.mean(losses))) < 1e-4 * max(1.0, abs(result["loss"]))
+
+
+def publisher_entry(monkeypatch, **preprocessing):
+    """resnet18's table entry with other preprocessing (the file itself comes from --init_from=FILE.pth)."""
+    return point_table(monkeypatch, dataclasses.replace(pretrained.find("resnet18"), **preprocessing))
+
+
+def eval_pipeline_and_files(config, metadata):
+    """The pipeline `evaluate` builds for `config` and weights with `metadata`; its files in batch order."""
+    from train import loop
+
+    recorded = loop.as_recorded(config, metadata)
+    pipe = loop.make_pipeline(recorded, "validation", train=False, batch_size=8,
+                              image_shape=(recorded.image_size, recorded.image_size, 3))
+    files = [path.decode() for path, _ in pipe.source.examples().as_numpy_iterator()]
+    return pipe, files
+
+
+# Pillow resizes uint8 images in two passes, rounding after each; tf.image.resize keeps floats (its
+# antialiased bilinear kernel is Pillow's triangle filter). Measured on the photos here: at most 1.00005/255
+# per pixel on the [0, 1] scale, 0.30/255 on average; at 256/232/342 -> 224/299 on 257-500 px photos at most
+# 1.0/255.
+RESIZE_ROUNDING = 1.001 / 255
+
+
+def test_eval_mode_prepares_images_as_the_publisher(tv_file, monkeypatch, tmp_path, capsys):
+    """`--mode=eval --init_from=...` (loop.evaluate) with weights whose publisher resizes to 36 and crops 32
+    (the ratio of neither 256/224 nor the config's crop_fraction) and normalizes with mean = std = 0.5
+    (googlenet's, inception_v3's): the pipeline's images are the publisher's transform of the same files
+    (jaxcnn.imagenet.eval_transform, equal to torchvision's) to within Pillow's rounding, and the loss is
+    torch's on those images. With Keras VGG's preprocessing the channels come reversed (BGR) and unscaled by
+    std, as the publisher feeds them."""
+    from train import loop
+    from train.configs import recipe_for
+
+    torch_model, data, _ = tv_file
+    (tmp_path / "resnet18.pth").write_bytes(data)
+    dataset = f"folder:{write_folder(tmp_path / 'pets')}"
+    config = recipe_for("resnet18", dataset)
+    config.update(dict(init_from=str(tmp_path / "resnet18.pth"), image_size=-1, eval_batch_size=8))
+    assert (config.crop_fraction, config.normalize) == (0.875, "dataset")  # what the old path would use
+
+    entry = publisher_entry(monkeypatch, resize=36, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    _, metadata = pretrained.load_init(config.init_from, "resnet18")
+    pipe, files = eval_pipeline_and_files(config, metadata)
+    images = np.concatenate([b["image"][b["mask"] > 0] for b in pipe.epoch(0)])
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in pipe.epoch(0)])
+    publisher = np.stack([imagenet.eval_transform(Image.open(f), **entry.preprocessing) for f in files])
+    assert images.shape == publisher.shape == (8, 32, 32, 3)
+    assert np.abs(images - publisher).max() * 0.5 <= RESIZE_ROUNDING  # std 0.5: back on the [0, 1] scale
+
+    result = loop.evaluate(config, tmp_path / "eval")
+    assert "crop_fraction 0.8888888888888888 (not 0.875)" in capsys.readouterr().err
+    torch_loss = lambda x: float(torch.nn.functional.cross_entropy(  # noqa: E731
+        torch.from_numpy(torch_logits(torch_model, x)), torch.from_numpy(labels).long()))
+    assert result["count"] == 8
+    assert abs(result["loss"] - torch_loss(images)) < 1e-4 * max(1.0, abs(result["loss"]))
+    # On the publisher's own images torch's loss differs by the resize rounding alone: measured 9.2e-3 on a
+    # loss of 35.3 (2.6e-4 relative; this sharp classifier's large logits magnify pixel round-off).
+    assert abs(result["loss"] - torch_loss(publisher)) < 2e-3 * abs(result["loss"])
+
+    keras_vgg = pretrained.find("vgg16", "keras")
+    entry = publisher_entry(monkeypatch, resize=36, crop=32, mean=keras_vgg.mean, std=keras_vgg.std,
+                            channels=keras_vgg.channels)
+    _, metadata = pretrained.load_init(config.init_from, "resnet18")
+    pipe, files = eval_pipeline_and_files(config, metadata)
+    images = np.concatenate([b["image"][b["mask"] > 0] for b in pipe.epoch(0)])
+    publisher = np.stack([imagenet.eval_transform(Image.open(f), **entry.preprocessing) for f in files])
+    assert entry.channels == "BGR" and publisher.max() > 100  # caffe: BGR on the 0-255 scale
+    assert np.abs(images - publisher).max() / 255 <= RESIZE_ROUNDING
+    rgb = np.stack([imagenet.eval_transform(Image.open(f), **dict(entry.preprocessing, channels="RGB"))
+                    for f in files])
+    assert np.abs(images - rgb).max() / 255 > 10 * RESIZE_ROUNDING  # the order matters on these photos

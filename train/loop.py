@@ -601,7 +601,11 @@ def as_recorded(config, metadata: dict) -> ml_collections.ConfigDict:
     recorded = dict(metadata.get("input", {}))
     if "num_classes" in metadata:
         recorded["num_classes"] = int(metadata["num_classes"])
-    if "image_shape" in metadata and "preprocessing" not in metadata:  # published weights: any size they take
+    if "preprocessing" in metadata:  # published weights: their publisher's transform
+        recorded.update(publisher_input(metadata["preprocessing"]))
+        if config.image_size != -1:  # they take any size: an asked-for one keeps the publisher's resize ratio
+            del recorded["image_size"]
+    elif "image_shape" in metadata:
         recorded["image_size"] = int(metadata["image_shape"][0])
     changed = []
     for field in (*RECORDED_INPUT, "num_classes", "image_size"):
@@ -612,3 +616,15 @@ def as_recorded(config, metadata: dict) -> ml_collections.ConfigDict:
     if changed and is_primary():
         print(f"evaluating with the weights' own settings: {', '.join(changed)}", file=sys.stderr)
     return config
+
+
+def publisher_input(preprocessing: dict) -> dict:
+    """The config fields that make the pipeline prepare images as `jaxcnn.imagenet.eval_transform(image,
+    **preprocessing)` does: the crop as the image size, crop / resize as the crop fraction, the publisher's
+    mean, std and channel order."""
+    from jaxcnn import data
+
+    return dict(image_size=int(preprocessing["crop"]),
+                crop_fraction=int(preprocessing["crop"]) / int(preprocessing["resize"]),
+                normalize=data.explicit_normalize(preprocessing["mean"], preprocessing["std"],
+                                                  preprocessing.get("channels", "RGB")))

@@ -165,6 +165,8 @@ def prepare_image(pixels: np.ndarray, run: Run) -> np.ndarray:
         image = data.fit_to_size(image, (src_h, src_w))
     image = data.match_channels(image, channels)
     image = data.fit_to_size(image, (height, width), run.inputs["crop_fraction"])
+    if data.channel_order(run.inputs.get("normalize", "dataset")) == "BGR":
+        image = image[..., ::-1]
     mean, std = np.float32(run.inputs["mean"]), np.float32(run.inputs["std"])
     return ((image - mean) / std).numpy().astype(np.float32)
 

@@ -236,13 +236,52 @@ def fit_to_size(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 
     return tf.ensure_shape(image[top : top + height, left : left + width], [height, width, image.shape[-1]])
 
 
+def explicit_normalize(mean, std, order: str = "RGB") -> str:
+    """The `normalize` value that gives these per-channel statistics (on the [0, 1] scale, in `order`: 'RGB',
+    or 'BGR' where the model takes the channels reversed, as Keras's "caffe" VGG weights do), e.g.
+    'BGR;mean=0.408,0.458,0.485;std=0.0039,0.0039,0.0039'. The statistics of published weights travel in
+    this one string field, so that every pipeline reads them the same way."""
+    numbers = lambda values: ",".join(repr(float(v)) for v in values)  # noqa: E731
+    return f"{order};mean={numbers(mean)};std={numbers(std)}"
+
+
+def _explicit(normalize: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(order, mean, std) of an `explicit_normalize` string; None for the named normalizations."""
+    if "mean=" not in normalize:
+        return None
+    order, *parts = normalize.split(";")
+    fields = dict(part.partition("=")[::2] for part in parts)
+    try:
+        if order not in ("RGB", "BGR") or set(fields) != {"mean", "std"}:
+            raise ValueError
+        mean, std = (np.float32([float(v) for v in fields[k].split(",")]) for k in ("mean", "std"))
+    except ValueError:
+        raise ValueError(f"normalize {normalize!r} is not RGB|BGR;mean=M1,M2,..;std=S1,S2,..") from None
+    if len(mean) != len(std) or not np.all(std > 0):
+        raise ValueError(f"normalize {normalize!r}: mean and std need one value per channel, std above 0")
+    return order, mean, std
+
+
+def channel_order(normalize: str) -> str:
+    """'BGR' when `normalize` asks for the channels reversed before normalizing, else 'RGB'."""
+    explicit = _explicit(normalize)
+    return explicit[0] if explicit else "RGB"
+
+
 def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) for `normalize` ('dataset', 'none', or a key of STATS such as 'imagenet' or 'mnist': an image
-    folder of digits), converted to `channels`."""
+    """(mean, std) for `normalize` ('dataset', 'none', a key of STATS such as 'imagenet' or 'mnist': an image
+    folder of digits, or explicit statistics from `explicit_normalize`), converted to `channels`."""
     if normalize == "none":
         return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    explicit = _explicit(normalize)
+    if explicit:
+        if len(explicit[1]) != channels:
+            raise ValueError(f"normalize {normalize!r} has {len(explicit[1])} channels, "
+                             f"the model takes {channels}")
+        return explicit[1], explicit[2]
     if normalize != "dataset" and normalize not in STATS:
-        raise ValueError(f"normalize must be 'dataset', 'none' or one of {', '.join(STATS)}, not {normalize!r}")
+        raise ValueError(f"normalize must be 'dataset', 'none', one of {', '.join(STATS)} or "
+                         f"'RGB|BGR;mean=..;std=..', not {normalize!r}")
     mean, std = (np.asarray(v, np.float32) for v in STATS[stats if normalize == "dataset" else normalize])
     if len(mean) == 1:  # grey statistics for an RGB model: tiled like the image
         return np.repeat(mean, channels), np.repeat(std, channels)
@@ -290,6 +329,7 @@ class Pipeline:
         # Centre crops are for photos of varying size; fixed-size sources (MNIST, CIFAR) are resized whole.
         self.crop_fraction = crop_fraction if None in source.image_shape[:2] else 1.0
         self.mean, self.std = normalization(normalize, source.stats, self.image_shape[-1])
+        self.reverse_channels = channel_order(normalize) == "BGR"
 
         n, p, count = source.num_examples, process_index, process_count
         self.num_local_examples = n // count + (p < n % count)  # ds.shard sizes differ by at most one
@@ -322,6 +362,8 @@ class Pipeline:
                 image = fit_to_size(image, (height, width), self.crop_fraction)
             if self.train:
                 image = aug.apply(image, seed, self.augment)
+            if self.reverse_channels:  # after augmentation, whose colour operations assume RGB
+                image = image[..., ::-1]
             image = (image - self.mean) / self.std
             image = tf.ensure_shape(image, self.image_shape)
             return dict(image=image, label=tf.cast(label, tf.int32), mask=tf.constant(1.0))
