@@ -216,6 +216,8 @@ def _jaxpr_multiply_adds(jaxpr) -> int:
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+        elif name == "cond":  # one branch runs (e.g. the per-platform choice of jaxcnn.conv): the costliest
+            total += max(_jaxpr_multiply_adds(branch.jaxpr) for branch in eqn.params["branches"])
         else:
             repeat = eqn.params.get("length", 1) if name == "scan" else 1
             total += repeat * sum(_jaxpr_multiply_adds(sub) for sub in _sub_jaxprs(eqn.params))
