@@ -72,3 +72,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.reinit_head = False  # with init_from: a fresh classifier head when the class counts differ
     c.debug_nan_step = -1  # test hook: NaN images at this step (a NaN loss where activations keep NaN)
     return c
+
+
+def imagenet_config(model: str) -> ml_collections.ConfigDict:
+    """The ImageNet part every paper recipe shares: the dataset, torchvision's mean/std, Inception-style crops and
+    flips (recipes with other crops turn them off), and log/checkpoint periods sized for long runs."""
+    c = get_config()
+    c.model = model
+    c.dataset = "imagenet2012"
+    c.normalize = "imagenet"
+    c.augment.random_resized_crop = True
+    c.augment.horizontal_flip = True
+    c.checkpoint_every_steps = 5000
+    c.log_every_steps = 100
+    return c

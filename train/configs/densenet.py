@@ -11,12 +11,7 @@ from train.configs import default
 
 
 def get_config(model: str = "densenet121"):
-    c = default.get_config()
-    c.model = model
-    c.dataset = "imagenet2012"
-    c.normalize = "imagenet"
-    c.augment.random_resized_crop = True
-    c.augment.horizontal_flip = True
+    c = default.imagenet_config(model)
     c.batch_size = 256
     c.num_epochs = 90
     c.optimizer = "sgd"
@@ -27,6 +22,4 @@ def get_config(model: str = "densenet121"):
     c.schedule = "piecewise"
     c.piecewise_boundaries = (30, 60)
     c.piecewise_values = (0.1, 0.01, 0.001)
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
     return c

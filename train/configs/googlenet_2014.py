@@ -15,14 +15,9 @@ from train.configs import default
 
 
 def get_config(model: str = "googlenet_2014"):
-    c = default.get_config()
-    c.model = model
+    c = default.imagenet_config(model)
     c.model_kwargs.aux_logits = True
     c.aux_loss_weight = 0.3
-    c.dataset = "imagenet2012"
-    c.normalize = "imagenet"
-    c.augment.random_resized_crop = True
-    c.augment.horizontal_flip = True
     c.augment.color_jitter = 0.4
     c.batch_size = 256
     c.num_epochs = 90
@@ -33,6 +28,4 @@ def get_config(model: str = "googlenet_2014"):
     c.schedule = "step"
     c.step_decay_epochs = 8
     c.step_decay_factor = 0.96
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
     return c

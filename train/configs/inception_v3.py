@@ -11,14 +11,9 @@ from train.configs import default
 
 
 def get_config(model: str = "inception_v3"):
-    c = default.get_config()
-    c.model = model
+    c = default.imagenet_config(model)
     c.model_kwargs.aux_logits = True
     c.aux_loss_weight = 0.3
-    c.dataset = "imagenet2012"
-    c.normalize = "imagenet"
-    c.augment.random_resized_crop = True
-    c.augment.horizontal_flip = True
     c.batch_size = 256
     c.num_epochs = 100
     c.optimizer = "rmsprop"
@@ -31,6 +26,4 @@ def get_config(model: str = "inception_v3"):
     c.step_decay_factor = 0.94
     c.grad_clip_norm = 2.0
     c.label_smoothing = 0.1
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
     return c

@@ -12,12 +12,7 @@ from train.configs import default
 
 
 def get_config(model: str = "resnet50"):
-    c = default.get_config()
-    c.model = model
-    c.dataset = "imagenet2012"
-    c.normalize = "imagenet"
-    c.augment.random_resized_crop = True
-    c.augment.horizontal_flip = True
+    c = default.imagenet_config(model)
     c.batch_size = 256
     c.num_epochs = 90
     c.optimizer = "sgd"
@@ -28,6 +23,4 @@ def get_config(model: str = "resnet50"):
     c.weight_decay = 1e-4
     c.schedule = "cosine"
     c.warmup_epochs = 5.0
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
     return c

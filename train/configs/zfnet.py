@@ -13,12 +13,9 @@ from train.configs import default
 
 
 def get_config(model: str = "zfnet"):
-    c = default.get_config()
-    c.model = model
-    c.dataset = "imagenet2012"
-    c.normalize = "imagenet"
+    c = default.imagenet_config(model)
+    c.augment.random_resized_crop = False  # the paper's crops: scale jitter below
     c.augment.scale_jitter = (256, 256)
-    c.augment.horizontal_flip = True
     c.crop_fraction = 224 / 256
     c.batch_size = 128
     c.num_epochs = 70
@@ -28,6 +25,4 @@ def get_config(model: str = "zfnet"):
     c.schedule = "plateau"
     c.plateau_factor = 0.1
     c.plateau_patience = 2
-    c.checkpoint_every_steps = 5000
-    c.log_every_steps = 100
     return c
