@@ -41,6 +41,11 @@ PATCH_BYTES = 256 * 2**20
 # (benchmarks/NOTES.md). Nobody measured them on GPU or TPU, which get plain lax ops. An empty tuple gives
 # plain lax ops everywhere (the reference the tests compare with).
 FAST_PLATFORMS = ("cpu",)
+# XLA:CPU's convolution falls off a cliff when its output is a few pixels: a 3x3 conv of 32x2x2x512 -> 512 ran at
+# 2 GFLOP/s (310 ms; 1.2 s at batch 128) where the same product as one GEMM over the patches took 3 ms. At 1x1
+# the GEMM is 4x faster, at 3x3 and up the two are level. VGG, ResNet and DenseNet at 32x32 end on such maps
+# (benchmarks/NOTES.md). Outputs of at most this many positions are computed as that GEMM on FAST_PLATFORMS.
+TINY_OUTPUT = 4
 
 
 def on_fast_platforms(fast, plain, *args):
@@ -70,6 +75,11 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
 
 def _forward(x, w, strides, padding):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _is_tiny(x, w, strides, padding) -> bool:
+    out_h, out_w = _out_hw(x.shape[1:3], w.shape[0:2], strides, padding)
+    return out_h * out_w <= TINY_OUTPUT
 
 
 def tap_offsets(window_hw) -> list[tuple[int, int]]:
@@ -124,18 +134,20 @@ def _weight_tangent(x, dw, strides, padding):
 
 def _input_tangent(dx, w, strides, padding):
     """The term dx * w of the convolution's tangent, written so that its transpose is the fast input gradient."""
-    if strides == (1, 1):
+    if strides == (1, 1) and not _is_tiny(dx, w, strides, padding):
         # The same convolution, with w read as HWOI after swapping its channel axes: transposed, this is the
         # forward convolution of dy with the flipped kernel in plain HWIO, the form measured and kept
         # (benchmarks/NOTES.md); JAX's transpose of an HWIO convolution would read the kernel as HWOI.
         return lax.conv_general_dilated(dx, w.transpose(0, 1, 3, 2), strides, padding,
                                         dimension_numbers=("NHWC", "HWOI", "NHWC"))
-    # Strided: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice added back.
+    # Strided or tiny: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice added back.
     return _patch_gemm(dx, w, strides, padding)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x, w, strides, padding):
+    if _is_tiny(x, w, strides, padding):
+        return _patch_gemm(x, w, strides, padding)
     return _forward(x, w, strides, padding)
 
 
