@@ -18,10 +18,11 @@ import re
 import sys
 from pathlib import Path
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 from jaxcnn.errors import first_line, typed_first_line
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
 
 from absl import app, flags
