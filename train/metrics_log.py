@@ -44,15 +44,8 @@ class MetricsLog:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
             tmp.replace(self.path)
         self._file = self.path.open("a")
-        import tensorflow as tf  # the data pipeline has imported it already
-        from tensorflow.core.framework import summary_pb2
-
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-        # tf.summary.scalar lives in the tensorboard package; the raw write with the 'scalars' plugin tag
-        # produces the same event records without that dependency.
-        self._scalar_metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+        self._tensorboard_dir = workdir / "tensorboard"
+        self._tensorboard = None  # flax's writer, made at the first record: it imports tensorflow
 
     def write(self, step: int, split: str, **values) -> None:
         if (int(step), split) in self._logged:  # kept from the run that made a surviving checkpoint
@@ -63,12 +56,18 @@ class MetricsLog:
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        with self._writer.as_default(step=int(step)):
-            for k, v in values.items():
-                if isinstance(v, (int, float, np.number)):
-                    self._tf.summary.write(f"{split}/{k}", self._tf.constant(float(v), self._tf.float32),
-                                           metadata=self._scalar_metadata)
-        self._writer.flush()
+        self._write_scalars(int(step), split, values)
+
+    def _write_scalars(self, step: int, split: str, values: dict) -> None:
+        """The numbers among `values` as TensorBoard scalars `<split>/<name>` at `step`."""
+        if self._tensorboard is None:
+            from flax.metrics import tensorboard
+
+            self._tensorboard = tensorboard.SummaryWriter(self._tensorboard_dir, auto_flush=False)
+        for k, v in values.items():
+            if isinstance(v, (int, float, np.number)):
+                self._tensorboard.scalar(f"{split}/{k}", v, step)
+        self._tensorboard.flush()
 
     def best(self) -> tuple[float, int] | None:
         """(top1, step) of the best validation record so far (the earliest on ties); evaluations with a
@@ -83,7 +82,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.write_files:
             self._file.close()
-            self._writer.close()
+            if self._tensorboard is not None:
+                self._tensorboard.close()
 
 
 def read_jsonl(path: Path) -> list[dict]:
