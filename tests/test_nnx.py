@@ -73,9 +73,10 @@ def test_nnx_model_holds_the_linen_variables(name):
     assert logits.shape == (2, classes)
 
 
-# The numbers for every model cost a compilation each (about 5 min of the suite on 2 cores for all 33): the
-# default suite checks the models whose parts the compiled test below does not reach (LRN, grouped convolutions,
-# BatchNorm without residuals, inception branches, dense blocks), the rest run with -m variants.
+# The numbers cost a compilation per model (the five below: 33 s of test time on one core of the loaded 2-core
+# machine, densenet121 alone 17 s; most of the other 28 are deeper or larger): the default suite checks the
+# models whose parts the compiled test below does not reach (LRN, grouped convolutions, BatchNorm without
+# residuals, inception branches, dense blocks), the rest run with -m variants.
 SAME_OUTPUTS_QUICK = ("lenet5", "alexnet_2012", "alexnet_bn", "googlenet_2014", "densenet121")
 
 
