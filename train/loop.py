@@ -536,6 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if stop.received:
                 interrupted = stop.received
                 save(position)
+                checkpoints.wait()  # on disk before we say so
                 if primary:
                     print(f"{interrupted}: saved a checkpoint at step {step}; rerun to resume", file=sys.stderr)
         finally:
