@@ -55,7 +55,7 @@ import numpy as np
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import models, optim, parallel, training, weights
-from train import config_check
+from train import config_check, periods
 from train.prefetch import prefetch_to_device
 from train.progress import ProgressBar
 
@@ -459,7 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     s.metadata["input"] = input_record(config, train_data)
     steps_per_epoch = int(train_data.steps_per_epoch)
     num_steps = optim.total_steps(config, steps_per_epoch)
-    eval_every = int(config.eval_every_steps) if config.eval_every_steps > 0 else steps_per_epoch
+    eval_every = periods.eval_every(config, steps_per_epoch, eval_data.num_examples)
+    log_every = periods.log_every(config, num_steps)
 
     state = initial_state(s, steps_per_epoch)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -521,7 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 window_images += int(config.batch_size)
                 is_last = step == num_steps
                 stopping = stop.check(step)  # every step: multi-process runs agree on the step to stop at
-                if step % config.log_every_steps == 0 or is_last or stopping:
+                if step % log_every == 0 or is_last or stopping:
                     flush_window()
                 if step % eval_every == 0 or is_last:
                     flush_window()
