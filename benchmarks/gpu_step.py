@@ -20,9 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_step.py beside this file
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()
 
 import jax

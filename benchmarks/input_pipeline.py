@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
 
 import numpy as np

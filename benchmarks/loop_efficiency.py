@@ -26,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()  # as train.main does: the loop and the step on the same malloc
 
 import jax

@@ -24,9 +24,10 @@ import resource
 import statistics
 import time
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
     os.environ.setdefault("KERAS_BACKEND", "jax")  # --vs=keras: the same backend as ours (read at keras import)
 

@@ -282,6 +282,23 @@ def _unstack(x):
     return np.asarray(x.addressable_shards[0].data)[0]
 
 
+def _put_copy(x, sharding: NamedSharding) -> jax.Array:
+    """Host array `x` (the same on every process) laid out as `sharding`, as a copy: the steps donate the
+    state, which must not delete the caller's arrays."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: np.array(x[index]))
+
+
+def _put_global_batch(batch: dict, split: NamedSharding, num_devices: int, flag: str) -> dict:
+    """This process's part of the batch -> one global array split as `split` over the mesh (placed ones
+    pass); `flag` names the batch size in the error when it does not divide over the devices."""
+    if _placed(batch, split):
+        return batch
+    size = _batch_size(batch) * jax.process_count()
+    check_divisible(size, num_devices, flag)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, np.asarray(x)), batch)
+
+
 class SingleDriver:
     """Plain `jax.jit` on one device (axis_name None): the reference the parallel drivers must match."""
 
@@ -385,22 +402,13 @@ class ShardMapDriver:
 
     def put_state(self, state):
         """Replicate a host state over the mesh (every process passes the same state)."""
-        def put(x):
-            x = np.asarray(x)
-            # Copies: the steps donate the state, which must not delete the caller's arrays.
-            return jax.make_array_from_callback(x.shape, self._replicated, lambda index: np.array(x[index]))
-        return jax.tree.map(put, state)
+        return jax.tree.map(lambda x: _put_copy(x, self._replicated), state)
 
     def get_state(self, state):
         return jax.tree.map(_host_copy, state)
 
     def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
-        """This process's part of the batch -> one global array split over the mesh (placed ones pass)."""
-        if _placed(batch, self._split):
-            return batch
-        size = _batch_size(batch) * jax.process_count()
-        check_divisible(size, self.num_devices, flag)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, np.asarray(x)), batch)
+        return _put_global_batch(batch, self._split, self.num_devices, flag)
 
     def train_step(self, state, batch: dict):
         return self._train(state, self.put_batch(batch))
@@ -474,24 +482,14 @@ class JitDriver:
         """A host state (every process passes the same) onto the mesh, each leaf laid out by `leaf_spec`."""
         shardings = self.state_shardings(state)
         self._compile(shardings)
-
-        def put(x, sharding):
-            x = np.asarray(x)
-            # Copies: the steps donate the state, which must not delete the caller's arrays.
-            return jax.make_array_from_callback(x.shape, sharding, lambda index: np.array(x[index]))
-        return jax.tree.map(put, state, shardings)
+        return jax.tree.map(_put_copy, state, shardings)
 
     def get_state(self, state):
         """One host copy, gathered from every process where a leaf is split: the same form for any driver."""
         return jax.tree.map(_gathered, state)
 
     def put_batch(self, batch: dict, flag: str = "batch_size") -> dict:
-        """This process's part of the batch -> one global array split over the mesh (placed ones pass)."""
-        if _placed(batch, self._split):
-            return batch
-        size = _batch_size(batch) * jax.process_count()
-        check_divisible(size, self.num_devices, flag)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, np.asarray(x)), batch)
+        return _put_global_batch(batch, self._split, self.num_devices, flag)
 
     def train_step(self, state, batch: dict):
         batch = self.put_batch(batch)

@@ -1,6 +1,7 @@
 """`python -m train.main --model=NAME`: parse flags, build the config, call the loop.
 
-Kept short on purpose: the logic lives in train/loop.py and jaxcnn, which notebooks import directly.
+Kept short on purpose, flags -> config -> run: the config from the flags is train/cli_config.py, the run
+train/loop.py and jaxcnn, which notebooks import directly.
 The config is `--config=FILE` when given, else the recipe for --model (train/configs/<model>.py, or
 default.py); `--config.FIELD=VALUE` overrides apply to either, and explicit flags override both.
 Bad input ends with one line on stderr and exit status 1 (a traceback only with --verbose).
@@ -14,72 +15,30 @@ exits with one line and status 1 (jaxcnn.parallel.PeerWatchdog reports the peer,
 
 import logging
 import os
-import re
 import sys
-from pathlib import Path
 
-from jaxcnn import hugepages
+from jaxcnn import hugepages, xla_flags
 from jaxcnn.errors import first_line, typed_first_line
 
 if __name__ == "__main__":
+    xla_flags.set_defaults()  # before jax is imported: XLA reads XLA_FLAGS once
     hugepages.reexec_with_huge_pages()  # before jax is imported: XLA's buffers on 2 MiB pages
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import compile_cache
+from train import cli_config, compile_cache
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before tensorflow is imported anywhere
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences its start-up banner on stderr
 
-_RECIPE_FILE = str(Path(__file__).parent / "configs" / "recipe.py")
-
-
-def argv_value(name: str, argv: list[str]) -> str:
-    """The value of --name in `argv` ('--name=V' or '--name V'; the last one wins), '' when absent."""
-    value = ""
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-        elif arg == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
-
-
-def unknown_override(argv: list[str]) -> str | None:
-    """One line about the first --config.PATH of `argv` that the recipe for its --model/--dataset lacks, or None
-    (with --config=FILE the file's own fields are checked by the flag library)."""
-    from ml_collections import ConfigDict
-
-    from train.configs import recipe_for
-
-    if argv_value("config", argv):
-        return None
-    model = argv_value("model", argv) or "lenet5"
-    config = recipe_for(model, argv_value("dataset", argv) or None)
-    for arg in argv:
-        match = re.match(r"--(?:no)?config\.([^=]+)", arg)
-        if not match:
-            continue
-        node, path = config, match.group(1).split(".")
-        for depth, part in enumerate(path):
-            if isinstance(node, ConfigDict) and part in node:
-                node = node[part]
-                continue
-            if path[:depth] == ["model_kwargs"]:
-                options = ", ".join(sorted(config.model_kwargs)) or "none"
-                return f"--config.{match.group(1)}: {model} has no option {part!r} (its options: {options})"
-            return f"--config.{match.group(1)}: the recipe has no field {'.'.join(path[:depth + 1])!r}"
-    return None
-
-
-# The default config is the recipe for --model and --dataset, read from argv before the flags are parsed: the
-# override flags (--config.model_kwargs.aux_logits=...) are defined from the fields of the config loaded here.
-BAD_OVERRIDE = unknown_override(sys.argv[1:])
+# The default config is the recipe for --model and --dataset, read from argv before the flags are parsed
+# (train/cli_config.py): the override flags are defined from the fields of the config loaded here.
+BAD_OVERRIDE = cli_config.unknown_override(sys.argv[1:])
 if BAD_OVERRIDE is None:
-    CONFIG = config_flags.DEFINE_config_file(
-        "config", f"{_RECIPE_FILE}:{argv_value('model', sys.argv)},{argv_value('dataset', sys.argv)}",
-        "ml_collections config file (default: the recipe for --model and --dataset)", lock_config=False)
+    config_flags.DEFINE_config_file("config", cli_config.recipe_spec(sys.argv),
+                                    "ml_collections config file (default: the recipe for --model and --dataset)",
+                                    lock_config=False)
 flags.DEFINE_string("model", None, "model name (--list_models)")
 flags.DEFINE_string("dataset", None, "embedded_mnist, a tfds name, or folder:/path")
 flags.DEFINE_string("workdir", None, "checkpoints and logs (default ./workdir/<model>)")
@@ -105,46 +64,6 @@ flags.DEFINE_float("peer_timeout", 60.0, "multi-process: seconds without a heart
                    "counts as dead (this process then exits with status 1)")
 flags.DEFINE_bool("verbose", False, "debug logs and full tracebacks")
 FLAGS = flags.FLAGS
-OVERRIDES = ("model", "dataset", "data_dir", "num_epochs", "num_train_steps", "batch_size", "learning_rate",
-             "seed", "parallel", "checkpoint_every_steps", "log_every_steps", "init_from")
-
-
-def build_config():
-    """The recipe for --model/--dataset (or --config=FILE) with the --config.* overrides, then the explicit flags.
-
-    A learning rate given on the command line replaces a recipe's batch-scaled one (`lr_per_256`)."""
-    config = CONFIG.value
-    for name in OVERRIDES:
-        if FLAGS[name].present:
-            config[name] = FLAGS[name].value
-    overrides = config_flags.get_override_values(FLAGS["config"])
-    if FLAGS["learning_rate"].present or "learning_rate" in overrides:
-        config.lr_per_256 = 0.0
-    return config
-
-
-def checked_config():
-    """build_config(), with every numeric field and flag in its range (train.config_check)."""
-    from train import config_check
-
-    config_check.validate_flags({name: FLAGS[name].value for name in config_check.FLAG_RULES})
-    config = build_config()
-    config_check.validate(config)
-    return config
-
-
-def announce(config) -> None:
-    """Say what this run does (dataset, input, batch, steps, optimizer; the paper's setting) before it starts."""
-    import jax
-
-    from jaxcnn import models
-    from train import loop
-    from train.configs import describe
-
-    if jax.process_index() == 0:
-        shape = loop.image_shape_for(config, models.get_spec(config.model))
-        devices = 1 if config.parallel == "single" else jax.device_count()
-        print(describe.describe(config, shape, devices), flush=True)
 
 
 def start_distributed():
@@ -209,7 +128,7 @@ def main(argv):
         print(describe.models_table(models.list_models(), describe.load_measured()))
         return 0
     try:  # before any work (no jax, no tensorflow yet): a bad number fails in a fraction of a second
-        config = checked_config()
+        config = cli_config.checked_config(FLAGS)
     except ValueError as e:
         print(f"error: {first_line(e, limit=1000)}", file=sys.stderr)
         return 1
@@ -223,7 +142,7 @@ def main(argv):
         if FLAGS.mode == "eval":
             loop.evaluate(config, workdir, FLAGS.split)
             return 0
-        announce(config)
+        cli_config.announce(config)
         result = loop.train_and_evaluate(config, workdir)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
         if FLAGS.verbose and watchdog is None:
