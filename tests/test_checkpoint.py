@@ -85,6 +85,23 @@ def test_best_ignores_nonfinite_evaluations(tmp_path):
         assert c.steps() == [1, 5]  # the finite best (0.4) and the latest, not the NaN-loss "perfect" step 2
 
 
+def test_an_asynchronous_save_keeps_the_state_it_was_given(tmp_path):
+    """`save` returns while orbax still writes; the loop's next step then donates (reuses) the device buffers
+    of the state just saved. The checkpoint must hold the state as it was at `save`."""
+    state = jax.device_put(toy_state(3, 3))
+    overwrite = jax.jit(lambda tree: jax.tree.map(lambda x: x * 0 - 1, tree), donate_argnums=0)
+    with ckpt.Checkpoints(tmp_path) as c:
+        c.save(state, ckpt.Position(0, 3), META)
+        params = overwrite(state.params)  # as the next train step does, before the write is done
+        assert all(x.is_deleted() for x in jax.tree.leaves(state.params))  # the buffers were donated
+        assert c.steps() == [3]
+        c.wait()
+        assert ckpt.list_steps(tmp_path) == [3]  # complete on disk once wait() returns
+    assert float(params["dense"]["kernel"][0, 0]) == -1
+    restored, _, _ = ckpt.restore_latest(tmp_path, toy_state())
+    assert_trees_equal(restored, toy_state(3, 3))
+
+
 # tensorstore complains about its closed event loop after a failed read
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_is_skipped_with_a_warning(tmp_path, caplog):

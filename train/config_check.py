@@ -95,7 +95,7 @@ RULES: dict[str, Range] = {
     "plateau_cooldown": Range(0, 1_000_000, integer=True),
     "seed": Range(0, INT32_MAX, integer=True),
     "max_consecutive_nonfinite": Range(1, 1_000_000, integer=True),
-    "log_every_steps": _steps(),
+    "log_every_steps": _steps(also=(-1,)),
     "eval_every_steps": _steps(also=(-1,)),
     "eval_steps": _steps(also=(-1,)),
     "checkpoint_every_steps": _steps(),

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import optim
+from train import periods
 from train.errors import ConfigChanged, TrainingError
 from train.evaluation import as_recorded, evaluate, run_eval
 from train.metrics_log import MetricsLog
@@ -96,7 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     s.metadata["input"] = input_record(config, train_data)
     steps_per_epoch = int(train_data.steps_per_epoch)
     num_steps = optim.total_steps(config, steps_per_epoch)
-    eval_every = int(config.eval_every_steps) if config.eval_every_steps > 0 else steps_per_epoch
+    eval_every = periods.eval_every(config, steps_per_epoch, eval_data.num_examples)
+    log_every = periods.log_every(config, num_steps)
 
     state = initial_state(s, steps_per_epoch)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 train_metrics.add(metrics)
                 is_last = step == num_steps
                 stopping = stop.check(step)  # every step: multi-process runs agree on the step to stop at
-                if step % config.log_every_steps == 0 or is_last or stopping:
+                if step % log_every == 0 or is_last or stopping:
                     train_metrics.flush(step)
                 if step % eval_every == 0 or is_last:
                     train_metrics.flush(step)
@@ -142,6 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if stop.received:
                 interrupted = stop.received
                 checkpoints.save(driver.get_state(device_state), position, s.metadata)
+                checkpoints.wait()  # on disk before we say so
                 if primary:
                     print(f"{interrupted}: saved a checkpoint at step {step}; rerun to resume", file=sys.stderr)
         finally:

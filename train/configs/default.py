@@ -62,8 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.skip_nonfinite = False  # True: skip non-finite updates (optax.apply_if_finite) instead of stopping
     c.max_consecutive_nonfinite = 10  # with skip_nonfinite: give up skipping after this many in a row
 
-    c.log_every_steps = 50
-    c.eval_every_steps = -1  # -1: once per epoch
+    c.log_every_steps = -1  # -1: sized to the run (train/periods.py: ~1% of its steps, at least 10)
+    c.eval_every_steps = -1  # -1: every epoch, or every few where evaluations would cost > 5% (train/periods.py)
     c.eval_steps = -1  # -1: the whole eval split; > 0: only its first eval_steps batches (quick checks)
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
