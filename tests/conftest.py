@@ -3,12 +3,16 @@
 import os
 import tempfile
 
+from jaxcnn import xla_flags  # no jax import: only string handling
+
 # Tests run many small programs once each, so XLA's compile time dominates: trade the generated code's speed
 # for a compiler about 2-4x faster (same fp32 semantics; checked against torch/TF at the same tolerances).
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                 "--xla_cpu_use_fusion_emitters=false")
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", FAST_COMPILE]).strip()
+# Plus the flags every entry point sets (jaxcnn/xla_flags.py), so that a test's in-process reference is compiled
+# as the `python -m train.main` run it compares with bit for bit.
+os.environ["XLA_FLAGS"] = xla_flags.with_defaults(" ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", FAST_COMPILE]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
