@@ -21,7 +21,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
-# What train/main.py imports before its checks end a bad run (only for speed: a child imports what is missing).
+# What train/main.py imports before its checks end a bad run (for speed only: a child imports what is
+# missing).
 PRELOAD = ("absl.app", "absl.flags", "ml_collections.config_flags", "jaxcnn.errors", "jaxcnn.hugepages",
            "jaxcnn.models", "train.compile_cache", "train.config_check", "train.configs")
 TIME_LIMIT_S = 120  # a run that is not refused would go on to train: stop it rather than hang the suite
@@ -71,7 +72,8 @@ def run_all(commands: list[list[str]]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root, as `python -m` from there
+    # The project root first on the path, as `python -m` run from there puts it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     commands = json.load(sys.stdin)
     for name in PRELOAD:
         importlib.import_module(name)

@@ -65,8 +65,8 @@ def command(index: int, workdir: Path) -> list[str]:
 
 
 # Cases also run as their own `python -m train.main` process: one of each kind (a flag setting a field, a
-# flag's own rule, an element of a sequence, a config field (a model option), a decreasing sequence). Those must
-# come out the same through tests/cli_forks.py, which runs every case.
+# flag's own rule, an element of a sequence, a config field (a model option), a decreasing sequence). Those
+# must come out the same through tests/cli_forks.py, which runs every case.
 SUBPROCESS_CASES = sorted({next(i for i, c in enumerate(CASES) if c[0] == "batch_size"),
                            next(i for i, c in enumerate(CASES) if c[0] in config_check.FLAG_RULES),
                            next(i for i, c in enumerate(CASES) if c[3] is None),
@@ -81,8 +81,8 @@ def outcomes(tmp_path_factory):
     before any work: one start-up for all instead of a second or more of imports each)."""
     base = tmp_path_factory.mktemp("bad_values")
     workdirs = [base / f"w{index}" for index in range(len(CASES))]
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forks.py")], cwd=ROOT, env=ENV, timeout=1800,
-                          input=json.dumps([command(i, w) for i, w in enumerate(workdirs)]),
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forks.py")], cwd=ROOT, env=ENV,
+                          timeout=1800, input=json.dumps([command(i, w) for i, w in enumerate(workdirs)]),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
@@ -121,7 +121,8 @@ def test_bad_value_is_refused_in_one_line(outcomes, index):
     assert_refused_in_one_line(index, *outcomes[index])
 
 
-@pytest.mark.parametrize("index", SUBPROCESS_CASES, ids=[f"{CASES[i][0]}={CASES[i][1]}" for i in SUBPROCESS_CASES])
+@pytest.mark.parametrize("index", SUBPROCESS_CASES,
+                         ids=[f"{CASES[i][0]}={CASES[i][1]}" for i in SUBPROCESS_CASES])
 def test_bad_value_is_refused_by_its_own_process(outcomes, index, tmp_path):
     """End to end in a process of its own, as a user runs it; and the forked run said the same."""
     workdir = tmp_path / "w"
