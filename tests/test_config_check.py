@@ -2,11 +2,11 @@
 of range (0, negative, fractional where an integer is needed, absurdly large) ends with one line naming the
 field, the value and the valid range, exit status 1, no traceback and nothing written."""
 
+import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,22 +58,36 @@ def cases() -> list[tuple[str, str, str, object]]:
 CASES = cases()
 
 
+def command(index: int, workdir: Path) -> list[str]:
+    """The arguments to `python -m train.main` for case `index`."""
+    flag, typed, _, _ = CASES[index]
+    return [*model_having(flag), f"--{flag}={typed}", f"--workdir={workdir}"]
+
+
+# Cases also run as their own `python -m train.main` process: one of each kind (a flag setting a field, a
+# flag's own rule, an element of a sequence, a config field (a model option), a decreasing sequence). Those
+# must come out the same through tests/cli_forks.py, which runs every case.
+SUBPROCESS_CASES = sorted({next(i for i, c in enumerate(CASES) if c[0] == "batch_size"),
+                           next(i for i, c in enumerate(CASES) if c[0] in config_check.FLAG_RULES),
+                           next(i for i, c in enumerate(CASES) if c[3] is None),
+                           next(i for i, c in enumerate(CASES) if c[0].startswith("config.model_kwargs.")),
+                           len(CASES) - 1})
+ENV = dict(os.environ, JAXCNN_NO_HUGE_PAGES="1")
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case run through the CLI, four at a time (each ends before jax or tensorflow is imported)."""
+    """Every case through the CLI, in one process that forks a `python -m train.main` per case (each ends
+    before any work: one start-up for all instead of a second or more of imports each)."""
     base = tmp_path_factory.mktemp("bad_values")
-    env = dict(os.environ, JAXCNN_NO_HUGE_PAGES="1")
-
-    def run(index):
-        flag, typed, _, _ = CASES[index]
-        workdir = base / f"w{index}"
-        command = [sys.executable, "-m", "train.main", *model_having(flag), f"--{flag}={typed}",
-                   f"--workdir={workdir}"]
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        return done, workdir
-
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(run, range(len(CASES))))
+    workdirs = [base / f"w{index}" for index in range(len(CASES))]
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_forks.py")], cwd=ROOT, env=ENV,
+                          timeout=1800, input=json.dumps([command(i, w) for i, w in enumerate(workdirs)]),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    return [(subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"]), workdir)
+            for r, workdir in zip(results, workdirs)]
 
 
 def test_every_numeric_field_has_a_rule():
@@ -86,10 +100,8 @@ def test_every_numeric_field_has_a_rule():
         config_check.validate(config)  # and every recipe passes its own checks
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}={c[1]}" for c in CASES])
-def test_bad_value_is_refused_in_one_line(outcomes, index):
+def assert_refused_in_one_line(index: int, done: subprocess.CompletedProcess, workdir: Path) -> None:
     flag, typed, field, value = CASES[index]
-    done, workdir = outcomes[index]
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, (flag, typed, done.stdout, done.stderr)
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -102,6 +114,23 @@ def test_bad_value_is_refused_in_one_line(outcomes, index):
         rule = config_check.rule_for(flag)
         assert rule.describe() in line, line  # the valid range
     assert not workdir.exists()  # nothing written
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}={c[1]}" for c in CASES])
+def test_bad_value_is_refused_in_one_line(outcomes, index):
+    assert_refused_in_one_line(index, *outcomes[index])
+
+
+@pytest.mark.parametrize("index", SUBPROCESS_CASES,
+                         ids=[f"{CASES[i][0]}={CASES[i][1]}" for i in SUBPROCESS_CASES])
+def test_bad_value_is_refused_by_its_own_process(outcomes, index, tmp_path):
+    """End to end in a process of its own, as a user runs it; and the forked run said the same."""
+    workdir = tmp_path / "w"
+    done = subprocess.run([sys.executable, "-m", "train.main", *command(index, workdir)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert_refused_in_one_line(index, done, workdir)
+    forked, _ = outcomes[index]
+    assert (forked.returncode, forked.stdout, forked.stderr) == (done.returncode, done.stdout, done.stderr)
 
 
 def test_the_rules_take_what_the_recipes_use_and_refuse_the_edges():
