@@ -262,6 +262,36 @@ def test_folder_classes_corrupt_files_and_holdout(image_folder, capsys, tmp_path
     assert [pathlib.Path(p).name for p in again] == [pathlib.Path(p).name for p in val_files]
 
 
+def test_folder_listed_class_by_class_is_shuffled_as_a_whole(tmp_path):
+    # 8 classes of 12 tiny images, a shuffle buffer of 4 (smaller than a class): a buffer alone would give a
+    # first batch of 16 from the first two classes only.
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            _png(tmp_path / "train" / f"c{c}" / f"{i:02d}.png", rng, (4, 4))
+    (tmp_path / "validation").mkdir()
+    for c in range(8):
+        (tmp_path / "validation" / f"c{c}").mkdir()
+    kw = dict(batch_size=16, image_shape=(4, 4, 3), train=True, shuffle_buffer=4)
+    pipe = make_pipeline(f"folder:{tmp_path}", "train", seed=0, **kw)
+    first = _batches(pipe)
+    assert len(first) == 6 and len(np.unique(first[0]["label"])) >= 6
+    # A function of (seed, epoch), resumable mid-epoch, another order in another epoch.
+    again = _batches(make_pipeline(f"folder:{tmp_path}", "train", seed=0, **kw))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(first[2:], _batches(pipe, skip=2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(_stack(first, "label"), _stack(_batches(pipe, epoch=1), "label"))
+    # Two processes share the permuted list: disjoint halves of the whole split.
+    halves = [make_pipeline(f"folder:{tmp_path}", "train", seed=0, process_index=p, process_count=2,
+                            **dict(kw, batch_size=8)) for p in range(2)]
+    images = [_stack(_batches(h), "image").reshape(48, -1) for h in halves]
+    assert len({row.tobytes() for part in images for row in part}) == 96
+
+
 # ------------------------------------------------------------------------------------------- augmentations
 
 ONE_EACH = [
