@@ -150,6 +150,16 @@ def test_pad_28_to_32_keeps_digit_pixels_and_channels_convert():
     np.testing.assert_allclose(cropped, full[16:240, 80:304], atol=1e-6)
 
 
+def test_images_of_unknown_size_pad_28_to_32_as_digits_and_resize_otherwise():
+    # Folder images have no static size: a 28x28 digit is still padded (LeNet-5 1998), others resized.
+    fit = tf.function(lambda x: fit_to_size(x, (32, 32)), input_signature=[tf.TensorSpec([None, None, 1])])
+    digit = np.random.default_rng(0).random((28, 28, 1), np.float32)
+    np.testing.assert_array_equal(fit(digit).numpy(), np.pad(digit, [(2, 2), (2, 2), (0, 0)]))
+    other = np.random.default_rng(1).random((40, 24, 1), np.float32)
+    expected = tf.image.resize(other, (32, 32), antialias=True).numpy()
+    np.testing.assert_allclose(fit(other).numpy(), expected, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- tfds (mocked)
 
 

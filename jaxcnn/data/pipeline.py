@@ -229,6 +229,12 @@ def fit_to_size(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 
     Resize(256) + CenterCrop(224)); otherwise a bilinear resize, antialiased when it shrinks.
     """
     height, width = size
+    if (height, width) == (32, 32) and crop_fraction >= 1.0 and None in image.shape[:2]:
+        # Image folders have no static size: the same rule image by image (a folder of MNIST digits).
+        is_28 = tf.reduce_all(tf.equal(tf.shape(image)[:2], 28))
+        image = tf.cond(is_28, lambda: tf.pad(image, [[2, 2], [2, 2], [0, 0]]),
+                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+        return tf.ensure_shape(image, [height, width, image.shape[-1]])
     if tuple(image.shape[:2]) == (28, 28) and (height, width) == (32, 32):
         return tf.pad(image, [[2, 2], [2, 2], [0, 0]])
     if tuple(image.shape[:2]) == (height, width):
