@@ -71,6 +71,12 @@ MODELS: dict[str, dict[str, Any]] = {
     "zfnet": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},
     "googlenet_2014": {"learning_rate": 1e-4, "batch_size": 16, "num_train_steps": 200, "eval_every_steps": 200,
                        "model_kwargs.aux_logits": True},
+    # 400 steps of 32 with dropout 0.5 ended at 95.0% in 23.9 min (load 14 -> 5); a probe of 100 steps of 16
+    # without dropout reached 67.9% from 1,600 images. Under one epoch dropout only slows the fit, and a step's
+    # fixed cost (Adam over 138M parameters) is ~0.8 s here, so: batch 16, no dropout, one evaluation at the end.
+    # Measured: 95.1% in 10.8 min (load 8.8 -> 8.0), still rising (train 97.5% over the last steps); 650 steps
+    # would fit in ~14 min at that load, not measured yet.
+    "vgg16": {"batch_size": 16, "num_train_steps": 500, "eval_every_steps": 500, "model_kwargs.dropout": 0.0},
     "vgg11_bn": {"learning_rate": 1e-3}, "vgg13_bn": {"learning_rate": 1e-3}, "vgg16_bn": {"learning_rate": 1e-3},
     "vgg19_bn": {"learning_rate": 1e-3},
 }
