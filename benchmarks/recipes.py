@@ -39,11 +39,16 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+def run(args: list[str], log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m train.main ARGS` and its wall time; its output is also kept in `log` (where the time went)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return done, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(done.stdout + done.stderr)
+    return done, wall
 
 
 def best_top1(stdout: str) -> float | None:
@@ -65,7 +70,7 @@ def recipe_facts(model: str, dataset: str | None = None) -> dict:
 def measure(model: str, workdir: Path) -> dict:
     """The default command for `model` (embedded MNIST) in a fresh workdir."""
     facts, load_before = recipe_facts(model), load_average()  # the recipe as the run reads it
-    done, wall = run([f"--model={model}", f"--workdir={workdir}"])
+    done, wall = run([f"--model={model}", f"--workdir={workdir}"], workdir.with_suffix(".log"))
     if done.returncode != 0 or best_top1(done.stdout) is None:  # None: stopped (SIGTERM) before its end
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
@@ -101,7 +106,7 @@ def mnist_folder(idx_dir: Path, out: Path) -> Path:
 def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     dataset = f"folder:{folder}"
     facts, load_before = recipe_facts(model, dataset), load_average()
-    done, wall = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}"])
+    done, wall = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}"], workdir.with_suffix(".log"))
     if done.returncode != 0:
         raise SystemExit(f"{model} on full MNIST failed: {done.stderr.strip().splitlines()[-1:]}")
     evaluation, _ = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}", "--mode=eval",

@@ -150,6 +150,16 @@ def test_pad_28_to_32_keeps_digit_pixels_and_channels_convert():
     np.testing.assert_allclose(cropped, full[16:240, 80:304], atol=1e-6)
 
 
+def test_images_of_unknown_size_pad_28_to_32_as_digits_and_resize_otherwise():
+    # Folder images have no static size: a 28x28 digit is still padded (LeNet-5 1998), others resized.
+    fit = tf.function(lambda x: fit_to_size(x, (32, 32)), input_signature=[tf.TensorSpec([None, None, 1])])
+    digit = np.random.default_rng(0).random((28, 28, 1), np.float32)
+    np.testing.assert_array_equal(fit(digit).numpy(), np.pad(digit, [(2, 2), (2, 2), (0, 0)]))
+    other = np.random.default_rng(1).random((40, 24, 1), np.float32)
+    expected = tf.image.resize(other, (32, 32), antialias=True).numpy()
+    np.testing.assert_allclose(fit(other).numpy(), expected, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- tfds (mocked)
 
 
@@ -260,6 +270,36 @@ def test_folder_classes_corrupt_files_and_holdout(image_folder, capsys, tmp_path
     image_folder.rename(moved)
     again, _, _, _ = folder.split_files(moved, "validation")
     assert [pathlib.Path(p).name for p in again] == [pathlib.Path(p).name for p in val_files]
+
+
+def test_folder_listed_class_by_class_is_shuffled_as_a_whole(tmp_path):
+    # 8 classes of 12 tiny images, a shuffle buffer of 4 (smaller than a class): a buffer alone would give a
+    # first batch of 16 from the first two classes only.
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            _png(tmp_path / "train" / f"c{c}" / f"{i:02d}.png", rng, (4, 4))
+    (tmp_path / "validation").mkdir()
+    for c in range(8):
+        (tmp_path / "validation" / f"c{c}").mkdir()
+    kw = dict(batch_size=16, image_shape=(4, 4, 3), train=True, shuffle_buffer=4)
+    pipe = make_pipeline(f"folder:{tmp_path}", "train", seed=0, **kw)
+    first = _batches(pipe)
+    assert len(first) == 6 and len(np.unique(first[0]["label"])) >= 6
+    # A function of (seed, epoch), resumable mid-epoch, another order in another epoch.
+    again = _batches(make_pipeline(f"folder:{tmp_path}", "train", seed=0, **kw))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(first[2:], _batches(pipe, skip=2), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(_stack(first, "label"), _stack(_batches(pipe, epoch=1), "label"))
+    # Two processes share the permuted list: disjoint halves of the whole split.
+    halves = [make_pipeline(f"folder:{tmp_path}", "train", seed=0, process_index=p, process_count=2,
+                            **dict(kw, batch_size=8)) for p in range(2)]
+    images = [_stack(_batches(h), "image").reshape(48, -1) for h in halves]
+    assert len({row.tobytes() for part in images for row in part}) == 96
 
 
 # ------------------------------------------------------------------------------------------- augmentations

@@ -26,6 +26,8 @@ Contract
   * Train: shuffled, augmented (config.augment), full batches only (the remainder is dropped), mask all ones.
     Eval (train=False): source order, no augmentation, the last batch padded to batch_size with zero images
     and mask 0, so every batch divides over devices; the count of mask == 1 over an epoch is the split size.
+  * Shuffling: a buffer of `shuffle_buffer` examples; image folders, listed class by class, first have their
+    whole file list permuted, so that batches mix the classes however small the buffer.
   * Determinism: an epoch is a pure function of (seed, epoch). The shuffle is seeded from (seed, epoch) and
     every random op of an example from (seed, epoch, example index), so `epoch(e, skip_batches=k)` yields
     exactly the batches k.. of `epoch(e)`: the trainer resumes mid-epoch with it.

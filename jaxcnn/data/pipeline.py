@@ -49,7 +49,9 @@ class Source:
     `examples()` yields (raw, label) in a fixed order; `decode(raw)` gives a uint8 [h, w, c] image.
     `image_shape` has None where image sizes vary (ImageNet, folders). `read_part(index, count)`, when
     given, reads only the consecutive part `index` of `count` (sized like `ds.shard`'s: the first
-    num_examples % count parts one larger) as (global index, (raw, label)).
+    num_examples % count parts one larger) as (global index, (raw, label)). `in_order(order)`, when given,
+    yields (global index, (raw, label)) for the indices `order` in that order: sources whose examples are
+    cheap to reorder (file names) and stored class by class, which a shuffle buffer alone would not mix.
     """
 
     examples: Callable[[], tf.data.Dataset]
@@ -60,6 +62,7 @@ class Source:
     stats: str  # key of STATS used by normalize='dataset'
     skipped: tuple[str, ...] = ()  # corrupt files left out (folders)
     read_part: Callable[[int, int], tf.data.Dataset] | None = None
+    in_order: Callable[[np.ndarray], tf.data.Dataset] | None = None
 
     def process_examples(self, index: int, count: int) -> tf.data.Dataset:
         """(global index, (raw, label)) of process `index`'s share of `count`: its consecutive part when the
@@ -88,14 +91,20 @@ def _folder_source(dataset: str, split: str) -> Source:
     paths, labels, names, skipped = folder.split_files(folder.root_of(dataset), split)
     if not paths:
         raise DatasetUnavailable(f"{dataset} has no readable images in its {split} split")
+    paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
+
+    def in_order(order: np.ndarray) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((order.astype(np.int64), (paths[order], labels[order])))
+
     return Source(
-        examples=lambda: tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32))),
+        examples=lambda: tf.data.Dataset.from_tensor_slices((paths, labels)),
         decode=lambda path: folder.decode(tf.io.read_file(path)),
         num_examples=len(paths),
         class_names=names,
         image_shape=(None, None, 3),
         stats="imagenet",
         skipped=skipped,
+        in_order=in_order,
     )
 
 
@@ -220,6 +229,12 @@ def fit_to_size(image: tf.Tensor, size: tuple[int, int], crop_fraction: float = 
     Resize(256) + CenterCrop(224)); otherwise a bilinear resize, antialiased when it shrinks.
     """
     height, width = size
+    if (height, width) == (32, 32) and crop_fraction >= 1.0 and None in image.shape[:2]:
+        # Image folders have no static size: the same rule image by image (a folder of MNIST digits).
+        is_28 = tf.reduce_all(tf.equal(tf.shape(image)[:2], 28))
+        image = tf.cond(is_28, lambda: tf.pad(image, [[2, 2], [2, 2], [0, 0]]),
+                        lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+        return tf.ensure_shape(image, [height, width, image.shape[-1]])
     if tuple(image.shape[:2]) == (28, 28) and (height, width) == (32, 32):
         return tf.pad(image, [[2, 2], [2, 2], [0, 0]])
     if tuple(image.shape[:2]) == (height, width):
@@ -293,6 +308,11 @@ def normalization(normalize: str, stats: str, channels: int) -> tuple[np.ndarray
 def _shuffle_seed(seed: int, epoch: int) -> int:
     """A shuffle seed that depends on both the run's seed and the epoch."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """A permutation of the whole split for (seed, epoch), the same on every process (which then shard it)."""
+    return np.random.default_rng([seed, epoch, 1]).permutation(num_examples)
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -376,7 +396,13 @@ class Pipeline:
             raise ValueError(f"skip_batches {skip_batches} outside [0, {self.steps_per_epoch}]")
         total, start = self.steps_per_epoch * self.batch_size, skip_batches * self.batch_size
         # The global index is taken before sharding: an example's augmentation never depends on the host count.
-        ds = self.source.process_examples(self.process_index, self.process_count)
+        if self.train and self.source.in_order is not None:
+            # An image folder lists its files class by class: a buffer smaller than a class would give batches
+            # of one or two classes, so the whole file list is permuted first (file names cost no memory).
+            order = _epoch_order(self.seed, epoch, self.source.num_examples)
+            ds = self.source.in_order(order).shard(self.process_count, self.process_index)
+        else:
+            ds = self.source.process_examples(self.process_index, self.process_count)
         if self.train:
             buffer = max(1, min(self.shuffle_buffer, self.num_local_examples))
             ds = ds.shuffle(buffer, seed=_shuffle_seed(self.seed, epoch), reshuffle_each_iteration=False)

@@ -63,6 +63,8 @@ def models_table(names: list[str], measured: dict) -> str:
         m = measured.get("embedded", {}).get(name)
         if m and m.get("best_top1") is not None:
             minutes, top1 = f"{m['wall_s'] / 60:.1f}", f"{100 * m['best_top1']:.2f}%"
+            if (str(m["steps"]), m["batch_size"]) != (steps, config.batch_size):  # the recipe changed since
+                top1 += f" (measured with {m['steps']} steps of {m['batch_size']})"
         else:
             minutes, top1 = "not measured", ""
         paper = paper_recipe_name(name)
