@@ -55,7 +55,9 @@ def test_jvp_through_every_model_equals_plain_lax(name):
     out, tangent_out = jvp()
     with plain_lax():
         plain_out, plain_tangent_out = jvp()
-    np.testing.assert_allclose(out, plain_out, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(plain_out))))
+    # Outputs of at most conv.TINY_OUTPUT positions (VGG's last block at 32x32) are GEMMs on CPU, summed in another
+    # order than lax's convolution: logits move by a few 1e-6 of their largest (measured 3e-6, 4e-6 on vgg11).
+    np.testing.assert_allclose(out, plain_out, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(plain_out))))
     assert float(jnp.max(jnp.abs(plain_tangent_out))) > 0
     assert relative_error(tangent_out, plain_tangent_out) < 1e-5  # ~1e-7-1e-6 measured
 
@@ -135,7 +137,8 @@ def test_fast_formulations_only_where_lowered_for_cpu(small):
     even on this CPU host, runs lax's convolutions and select-and-scatter."""
     # The gradient in the weights: both convolutions' weight gradients, and the second's (strided) input
     # gradient; the first's input gradient is not needed. The Dense layer adds three matrix products.
-    # CPU: two forward convolutions; the three gradients as GEMMs.
-    assert _op_counts(small, "cpu") == {"convolution": 2, "dot_general": 3 + 3, "select_and_scatter": 0}
+    # CPU: the first forward convolution; the second's output is 2x2, a tiny one (conv.TINY_OUTPUT), so its
+    # forward is a GEMM over the patches as well; the three gradients as GEMMs.
+    assert _op_counts(small, "cpu") == {"convolution": 1, "dot_general": 3 + 3 + 1, "select_and_scatter": 0}
     for platform in ("cuda", "tpu"):  # two forward and three gradient convolutions
         assert _op_counts(small, platform) == {"convolution": 2 + 3, "dot_general": 3, "select_and_scatter": 1}
