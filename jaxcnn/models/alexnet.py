@@ -107,7 +107,7 @@ KERNEL_INITS = {"lecun": nn.initializers.lecun_normal(), "he": nn.initializers.h
 
 def kernel_init(name: str) -> Callable:
     if name not in KERNEL_INITS:
-        raise ValueError(f"init must be one of {', '.join(KERNEL_INITS)}, not {name!r}")
+        raise ValueError(f"weight_init must be one of {', '.join(KERNEL_INITS)}, not {name!r}")
     return KERNEL_INITS[name]
 
 
@@ -131,8 +131,8 @@ class PlainCNN(nn.Module):
     bn_momentum: float = 0.9  # flax convention: 0.9 is torch's 0.1
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    init: str = "lecun"  # a key of KERNEL_INITS: how every conv and dense kernel starts
-    kernel_init: Callable | None = None  # a callable instead of `init` (alexnet_2012's paper initialization)
+    weight_init: str = "lecun"  # a key of KERNEL_INITS: how every kernel starts (`init` is a Module method)
+    kernel_init: Callable | None = None  # a callable instead (alexnet_2012's paper initialization)
     ones_bias: Sequence[str] = ()  # names of the layers whose biases start at 1 (the rest at 0)
     min_size: ClassVar[int] = 1
 
@@ -155,7 +155,7 @@ class PlainCNN(nn.Module):
             return self.num_classes if features is None else features
 
         init = dict(bias_init=nn.initializers.ones if name in self.ones_bias else nn.initializers.zeros,
-                    kernel_init=self.kernel_init or kernel_init(self.init))
+                    kernel_init=self.kernel_init or kernel_init(self.weight_init))
         match layer:
             case Conv():
                 return conv.Conv(width(layer.features), (layer.kernel, layer.kernel), (layer.stride, layer.stride),

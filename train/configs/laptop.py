@@ -14,8 +14,8 @@ How the numbers were chosen (see README "Results" for what each reaches here, in
   * steps: enough to pass 97% with a margin at the measured rate; evaluation every `eval_every_steps` on the
     whole validation split (only at the end where one evaluation costs minutes at 224x224).
   * initialization: the model's default (LeCun-normal / torchvision's), except He-normal for the deep plain
-    networks (VGG, NiN, ZFNet, AlexNet-2012: `model_kwargs.init='he'`), whose signal LeCun's variance halves
-    at every ReLU; the papers' N(0, 0.01) for AlexNet starts too slowly for minutes of training (see
+    networks (VGG, NiN, ZFNet, AlexNet-2012: `model_kwargs.weight_init="he"`), whose signal LeCun's variance
+    halves at every ReLU; the papers' N(0, 0.01) for AlexNet starts too slowly for minutes of training (see
     jaxcnn.models.alexnet.alexnet_2012).
 """
 
@@ -45,10 +45,10 @@ FAMILY: dict[str, dict[str, Any]] = {
     "alexnet": {"learning_rate": 1e-4, "batch_size": 32, "num_train_steps": 300, "eval_every_steps": 150},
     # vgg16's measured settings (see MODELS) for the whole family; the siblings are not measured.
     "vgg": {"image_size": 32, "learning_rate": 1e-4, "batch_size": 16, "num_train_steps": 800,
-            "eval_every_steps": 800, "model_kwargs.dropout": 0.0, "model_kwargs.init": "he"},
+            "eval_every_steps": 800, "model_kwargs.dropout": 0.0, "model_kwargs.weight_init": "he"},
     # Dropout off wherever a run lasts about one epoch: there it only slows the fit (measured on alexnet, vgg16).
     "nin": {"image_size": 67, "learning_rate": 1e-3, "batch_size": 32, "num_train_steps": 400,
-            "eval_every_steps": 200, "model_kwargs.init": "he", "model_kwargs.dropout": 0.0},
+            "eval_every_steps": 200, "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
     "googlenet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
     "inception": {"image_size": 75, "batch_size": 32, "num_train_steps": 300, "eval_every_steps": 150},
     "resnet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
@@ -72,11 +72,11 @@ MODELS: dict[str, dict[str, Any]] = {
     # slows the fit (as vgg16's), so without it and with more steps: 97.55% in 8.6 min (load 8.6 -> 3.5).
     "alexnet": {"image_size": 63, "num_train_steps": 700, "eval_every_steps": 700, "model_kwargs.dropout": 0.0},
     # The dense head fixes 227/224 input: few, small batches, one evaluation at the end.
-    "alexnet_2012": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250, "model_kwargs.init": "he",
-                     "model_kwargs.dropout": 0.0},
+    "alexnet_2012": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250,
+                     "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
     "alexnet_bn": {"learning_rate": 1e-3, "batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},
-    "zfnet": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250, "model_kwargs.init": "he",
-              "model_kwargs.dropout": 0.0},
+    "zfnet": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250,
+              "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
     "googlenet_2014": {"learning_rate": 1e-4, "batch_size": 16, "num_train_steps": 200, "eval_every_steps": 200,
                        "model_kwargs.aux_logits": True},
     # 400 steps of 32 with dropout 0.5 ended at 95.0% in 23.9 min (load 14 -> 5); a probe of 100 steps of 16
@@ -86,7 +86,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # 500 steps: 95.1% in 10.8 min (load 8.8 -> 8.0), still rising (train 97.5% over the last steps); at
     # ~1.2 s a step at that load, 650 steps fit in ~14 min: 95.9% in 13.1 min (load 12.4 -> 7.6), short of 97%.
     # The start was the brake: LeCun-normal kernels shrink the signal at each of 16 ReLU layers. With He-normal
-    # kernels (model_kwargs.init) 150 steps reach 89% against 64% (3e-4 instead of 1e-4: 69%, unstable);
+    # kernels (model_kwargs.weight_init) 150 steps reach 89% against 64% (3e-4 instead of 1e-4: 69%, unstable);
     # on an idle box a step of 16 takes ~0.5-0.7 s, so 800 steps.
     "vgg16": {},  # the family's settings
     # 400 steps: 95.15% in 3.1 min (load 9.5; resnet18 reached 97.55% with them): 2.5x the steps; measured
