@@ -52,6 +52,39 @@ def test_values_and_gradients_equal_lax(hw, ci, co, kernel, strides, padding):
         np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+GROUPED_CASES = [  # (input HW, in channels, out channels, groups, strides): ResNeXt's 3x3 and AlexNet's towers
+    ((6, 6), 16, 16, 4, (1, 1)),
+    ((7, 7), 16, 32, 4, (2, 2)),
+    ((2, 2), 24, 12, 2, (1, 1)),  # a tiny output stays XLA's forward when grouped
+    ((5, 5), 12, 6, 2, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("hw, ci, co, groups, strides", GROUPED_CASES)
+def test_grouped_values_and_gradients_equal_lax(hw, ci, co, groups, strides):
+    kx, kw, kc = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (3, *hw, ci))
+    w = jax.random.normal(kw, (3, 3, ci // groups, co)) * 0.3
+    assert conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, feature_group_count=groups)
+
+    def loss(f):
+        def fn(x, w):
+            y = f(x, w, strides, ((1, 1), (1, 1)), dimension_numbers=NHWC, feature_group_count=groups)
+            return jnp.sum(jnp.sin(y) * jax.random.normal(kc, y.shape))
+        return fn
+
+    ours = jax.jit(jax.value_and_grad(loss(conv.conv_general_dilated), argnums=(0, 1)))(x, w)
+    ref = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, w)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+    for a, b in zip(ours[1], ref[1]):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+    # The weight gradient is a GEMM (a dot): the one convolution left is the forward pass (sin needs it).
+    def convolutions(f):
+        return jax.jit(jax.grad(loss(f), argnums=1)).lower(x, w).compile().as_text().count(" convolution(")
+    assert (convolutions(lax.conv_general_dilated), convolutions(conv.conv_general_dilated)) == (2, 1)
+
+
 def test_weight_gradient_summed_over_batch_slices_is_the_same(monkeypatch):
     """Patches bigger than PATCH_BYTES are built a slice of the batch at a time: the same gradient, as close to
     the exact one (float64, by numpy) as the gradient built at once. (The two differ by a few ulps: each sums 600
@@ -79,12 +112,14 @@ def test_weight_gradient_summed_over_batch_slices_is_the_same(monkeypatch):
 
 def test_other_cases_go_to_lax():
     x, w = jnp.ones((1, 8, 8, 8)), jnp.ones((3, 3, 4, 8))
-    assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, feature_group_count=2)
+    assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, batch_group_count=2)
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC, rhs_dilation=(2, 2))
     assert not conv.uses_matmul_gradients((1, 8, 8, 1), (5, 5, 1, 6), dimension_numbers=NHWC)  # a grey input
     assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=("NCHW", "OIHW", "NCHW"))
-    grouped = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)
-    np.testing.assert_array_equal(grouped, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+    dilated = conv.conv_general_dilated(x, w[:, :, :, :4], (1, 1), "SAME", dimension_numbers=NHWC,
+                                        rhs_dilation=(2, 2), feature_group_count=2)
+    np.testing.assert_array_equal(dilated, lax.conv_general_dilated(x, w[:, :, :, :4], (1, 1), "SAME",
+                                                                    dimension_numbers=NHWC, rhs_dilation=(2, 2),
                                                                     feature_group_count=2))
 
 
