@@ -50,7 +50,9 @@ FAMILY: dict[str, dict[str, Any]] = {
     "nin": {"image_size": 67, "learning_rate": 1e-3, "batch_size": 32, "num_train_steps": 400,
             "eval_every_steps": 200, "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
     "googlenet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
-    "inception": {"image_size": 75, "batch_size": 32, "num_train_steps": 300, "eval_every_steps": 150},
+    # 300 steps with dropout 0.5: 84.2% in 3.9 min (load 5.7), train top-1 still rising (81%) at ~70 img/s.
+    "inception": {"image_size": 75, "batch_size": 32, "num_train_steps": 900, "eval_every_steps": 300,
+                  "model_kwargs.dropout": 0.0},
     "resnet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
     "densenet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
 }
