@@ -76,12 +76,12 @@ MODELS: dict[str, dict[str, Any]] = {
     # slows the fit (as vgg16's), so without it and with more steps: 97.55% in 8.6 min (load 8.6 -> 3.5).
     "alexnet": {"image_size": 63, "num_train_steps": 700, "eval_every_steps": 700, "model_kwargs.dropout": 0.0},
     # The dense head fixes 227/224 input: few, small batches, one evaluation at the end.
-    "alexnet_2012": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250,
+    "alexnet_2012": {"batch_size": 16, "num_train_steps": 400, "eval_every_steps": 400,
                      "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
     "alexnet_bn": {"learning_rate": 1e-3, "batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250},
-    "zfnet": {"batch_size": 16, "num_train_steps": 250, "eval_every_steps": 250,
+    "zfnet": {"batch_size": 16, "num_train_steps": 300, "eval_every_steps": 300,
               "model_kwargs.weight_init": "he", "model_kwargs.dropout": 0.0},
-    "googlenet_2014": {"learning_rate": 1e-4, "batch_size": 16, "num_train_steps": 200, "eval_every_steps": 200,
+    "googlenet_2014": {"learning_rate": 1e-4, "batch_size": 16, "num_train_steps": 300, "eval_every_steps": 300,
                        "model_kwargs.aux_logits": True},
     # 400 steps of 32 with dropout 0.5 ended at 95.0% in 23.9 min (load 14 -> 5); a probe of 100 steps of 16
     # without dropout reached 67.9% from 1,600 images. Under one epoch dropout only slows the fit, and batches
@@ -102,8 +102,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # (96.3%): the bottleneck networks (and ResNeXt, Wide ResNet) get lenet5's shifts and rotations, 800 steps.
     **{name: {"num_train_steps": 800, "eval_every_steps": 400, "augment.random_crop_padding": 2,
               "augment.rotation_degrees": 8.0}
-       for name in ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-                    "wide_resnet50_2", "wide_resnet101_2")},
+       for name in ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+                    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")},
     "vgg11_bn": {"learning_rate": 1e-3}, "vgg13_bn": {"learning_rate": 1e-3}, "vgg16_bn": {"learning_rate": 1e-3},
     "vgg19_bn": {"learning_rate": 1e-3},
 }
