@@ -158,6 +158,22 @@ def test_alexnet_2012_paper_initialization():
     assert all(np.all(layer["bias"] == 0) for layer in default.values())  # the option is off by default
 
 
+def test_weight_init_he_doubles_the_kernel_variance():
+    """`weight_init='he'`: every conv and dense kernel of a plain network N(0, 2/fan_in) (truncated, as flax's
+    variance scaling), where the default LeCun start has 1/fan_in; biases stay 0. The VGG recipes use it."""
+    assert recipe_for("vgg16").model_kwargs.weight_init == "he"
+    for init, variance in (("he", 2.0), ("lecun", 1.0)):
+        params = jax.device_get(init_params("vgg11", (32, 32, 3), weight_init=init))
+        for name, layer in params.items():
+            kernel = np.asarray(layer["kernel"], np.float64)
+            expected = math.sqrt(variance / math.prod(kernel.shape[:-1]))  # fan_in: every axis but the outputs
+            # The sample std of n >= 1,728 draws is within ~5/sqrt(2n) relative of the true one.
+            assert abs(kernel.std() / expected - 1) < 5 / math.sqrt(2 * kernel.size), (init, name, kernel.std())
+            np.testing.assert_array_equal(layer["bias"], 0.0)
+    with pytest.raises(ValueError, match="weight_init must be one of lecun, he, not 'xavier'"):
+        init_params("vgg11", (32, 32, 3), weight_init="xavier")
+
+
 def test_lenet5_1998_paper_initialization():
     params = jax.device_get(init_params("lenet5_1998", (32, 32, 1), paper_init=True))
     c3_fan_in = [25 * len(ins) for ins in models.lenet.C3_TABLE]  # 75, 100 or 150 per output map
