@@ -1,9 +1,15 @@
-"""Training augmentations as stateless TensorFlow ops on one float image [H, W, C] in [0, 1].
+"""Training augmentations as stateless TensorFlow ops on float images in [0, 1].
 
-Every op takes an explicit `seed` (an int64 tensor of shape [2]) and uses only `tf.random.stateless_*` /
-`tf.image.stateless_random_*`, so an augmented image is a pure function of (image, seed). The pipeline derives
-the seed from (config seed, epoch, example index); that is what makes a resumed epoch identical to an
-uninterrupted one. Ops keep the shape and dtype of their input.
+The size-preserving ones (pad-and-crop, flip, rotation and zoom, colour jitter, PCA lighting) work on a batch
+[B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's random numbers
+as tables indexed by the examples' global index (from the config seed, the epoch and the op only), and
+`apply_batch` applies them to a batch given the rows of its examples. An augmented image is therefore a pure
+function of (image, seed, epoch, example index), whatever batch, host or resume position it comes in; that is
+what makes a resumed epoch identical to an uninterrupted one.
+
+The crops that change the size (Inception's random resized crop, VGG's scale jittering) work on one image of
+any size [H, W, C] with an explicit `seed` (an int64 tensor of shape [2]) and `tf.image.stateless_*` ops; the
+pipeline derives that seed from (config seed, epoch, example index).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ DEFAULTS = dict(
     pca_lighting=0.0,
 )
 
-# One stream per op: op seeds are fold_in(example seed, op id), so turning one op on never changes another's draws.
-_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _BRIGHTNESS, _CONTRAST, _SATURATION, _PCA, _SCALE = range(9)
+# One stream per op: op seeds are fold_in(seed, op id), so turning one op on never changes another's draws.
+_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _COLOR, _PCA, _SCALE = range(7)
 
 
 def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -46,13 +52,6 @@ def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def op_seed(seed: tf.Tensor, op: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, tf.constant(op, tf.int64))
-
-
-def random_crop_with_padding(image: tf.Tensor, seed: tf.Tensor, padding: int) -> tf.Tensor:
-    """CIFAR-style: zero-pad `padding` pixels on every side, then crop back to the input size at random."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    return tf.image.stateless_random_crop(padded, shape, seed=seed)
 
 
 def random_resized_crop(
@@ -92,77 +91,113 @@ def random_scale_crop(image: tf.Tensor, seed: tf.Tensor, size: tuple[int, int], 
     return tf.image.stateless_random_crop(resized, [size[0], size[1], tf.shape(image)[2]], seed=op_seed(seed, 1))
 
 
-def horizontal_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Mirror left-right with probability 1/2."""
-    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int) -> dict[int, tf.Tensor]:
+    """The random numbers of one epoch's size-preserving augmentations: per op of `augment` that is on, a table
+    whose row i belongs to example i of the split (its global index). Each table is drawn whole from
+    (seed, epoch, op), so an example's draws never depend on the batch it lands in, the host reading it or
+    where a resumed epoch starts; and turning one op on never changes another's draws."""
+    base = tf.constant([seed, epoch], tf.int64)
+
+    def uniform(op, width, low=-1.0, high=1.0):
+        return tf.random.stateless_uniform([num_examples, width], seed=op_seed(base, op), minval=low, maxval=high)
+
+    tables = {}
+    if augment["random_crop_padding"]:
+        span = 2 * int(augment["random_crop_padding"]) + 1  # offsets 0 .. 2 * padding in the padded image
+        tables[_CROP_PAD] = tf.random.stateless_uniform([num_examples, 2], seed=op_seed(base, _CROP_PAD),
+                                                        minval=0, maxval=span, dtype=tf.int32)
+    if augment["horizontal_flip"]:
+        tables[_FLIP] = uniform(_FLIP, 1, 0.0, 1.0)
+    if augment["rotation_degrees"] or augment["zoom"]:
+        tables[_AFFINE] = uniform(_AFFINE, 2)
+    if augment["color_jitter"]:
+        tables[_COLOR] = uniform(_COLOR, 3)  # brightness, contrast, saturation
+    if augment["pca_lighting"]:
+        tables[_PCA] = tf.random.stateless_normal([num_examples, 3], seed=op_seed(base, _PCA))
+    return tables
 
 
-def rotate_and_zoom(image: tf.Tensor, seed: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
-    """Rotate by U(-degrees, degrees) and scale by U(1 - zoom, 1 + zoom) about the centre; zero fill, bilinear."""
-    draws = tf.random.stateless_uniform([2], seed=seed, minval=-1.0, maxval=1.0)
-    angle = draws[0] * degrees * math.pi / 180.0
-    scale = 1.0 + draws[1] * zoom
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
+def _transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Each image resampled at its transform (row [a0, a1, a2, b0, b1, b2, 0, 0] maps output pixel (x, y) to
+    the input point (a0 x + a1 y + a2, b0 x + b1 y + b2)); zero outside the image."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms,
+                                                output_shape=tf.shape(images)[1:3], fill_value=0.0,
+                                                interpolation=interpolation, fill_mode="CONSTANT")
+    return tf.ensure_shape(out, images.shape)
+
+
+def random_crop_with_padding(images: tf.Tensor, offsets: tf.Tensor, padding: int) -> tf.Tensor:
+    """CIFAR-style: each image zero-padded by `padding` pixels on every side, then cropped back to its size at
+    `offsets` ([B, 2] int: top, left in the padded image, 0 .. 2 * padding). Done as a whole-pixel shift
+    (nearest-neighbour sampling at integer points: exact)."""
+    shift = tf.cast(offsets - padding, tf.float32)
+    one, zero = tf.ones_like(shift[:, 0]), tf.zeros_like(shift[:, 0])
+    transforms = tf.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
+    return _transform(images, transforms, "NEAREST")
+
+
+def horizontal_flip(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Mirror left-right the images whose `flip` ([B] bool) is set."""
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def rotate_and_zoom(images: tf.Tensor, draws: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
+    """Rotate by draws[:, 0] * degrees and scale by 1 + draws[:, 1] * zoom about the centre (draws in [-1, 1]);
+    zero fill, bilinear."""
+    angle = draws[:, 0] * degrees * math.pi / 180.0
+    scale = 1.0 + draws[:, 1] * zoom
+    h, w = images.shape[1], images.shape[2]
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
     # The transform maps output pixel (x, y) to the input point it samples: the inverse rotation and zoom.
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=transform[None],
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    return tf.ensure_shape(out[0], image.shape)
+    zero = tf.zeros_like(cos)
+    transforms = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero],
+                          axis=1)
+    return _transform(images, transforms, "BILINEAR")
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness ± strength, contrast and saturation × U(1 - strength, 1 + strength); clipped to [0, 1].
-
-    Saturation needs colour, so grey images get brightness and contrast only.
-    """
-    image = tf.image.stateless_random_brightness(image, strength, seed=op_seed(seed, _BRIGHTNESS))
-    image = tf.image.stateless_random_contrast(image, 1 - strength, 1 + strength, seed=op_seed(seed, _CONTRAST))
-    if image.shape[-1] == 3:
-        image = tf.image.stateless_random_saturation(
-            image, 1 - strength, 1 + strength, seed=op_seed(seed, _SATURATION)
-        )
-    return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
-    """AlexNet's lighting noise: add eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, std) per image.
-
-    Defined for RGB; grey images are returned unchanged.
-    """
-    if image.shape[-1] != 3:
-        return image
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=std)
-    shift = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
-    return image + shift
+def color_jitter(images: tf.Tensor, draws: tf.Tensor, strength: float) -> tf.Tensor:
+    """Brightness + strength * draws[:, 0], then contrast and saturation x (1 + strength * draws[:, 1 or 2])
+    (draws in [-1, 1]); clipped to [0, 1]. Saturation needs colour, so grey images get brightness and contrast
+    only. Each step is tf.image's adjust_* of one image, with one factor per image."""
+    factor = 1.0 + strength * draws[:, 1:, None, None, None]
+    images = images + strength * draws[:, 0, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)  # per image and channel, as adjust_contrast
+    images = (images - mean) * factor[:, 0] + mean
+    if images.shape[-1] == 3:
+        hsv = tf.image.rgb_to_hsv(images)
+        saturation = tf.clip_by_value(hsv[..., 1:2] * factor[:, 1], 0.0, 1.0)
+        images = tf.image.hsv_to_rgb(tf.concat([hsv[..., :1], saturation, hsv[..., 2:]], axis=-1))
+    return tf.clip_by_value(images, 0.0, 1.0)
 
 
-def apply(image: tf.Tensor, seed: tf.Tensor, augment: Mapping[str, Any]) -> tf.Tensor:
-    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order.
+def pca_lighting(images: tf.Tensor, alpha: tf.Tensor, std: float) -> tf.Tensor:
+    """AlexNet's lighting noise: add eigvec @ (std * alpha * eigval) to every pixel of each image (alpha: [B, 3]
+    standard normal draws). Defined for RGB; grey images are returned unchanged."""
+    if images.shape[-1] != 3:
+        return images
+    shift = tf.linalg.matvec(tf.constant(PCA_EIGVEC), std * alpha * tf.constant(PCA_EIGVAL))
+    return images + shift[:, None, None, :]
 
-    The random resized crop changes the size and is applied by the pipeline in place of the plain resize.
+
+def apply_batch(images: tf.Tensor, draws: Mapping[int, tf.Tensor], augment: Mapping[str, Any]) -> tf.Tensor:
+    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order, on a batch [B, H, W, C]
+    with `draws`: the rows of `draw`'s tables for the batch's examples.
+
+    The random resized crop and scale jittering change the size and are applied by the pipeline, image by
+    image, in place of the plain resize.
     """
     if augment["random_crop_padding"]:
-        image = random_crop_with_padding(image, op_seed(seed, _CROP_PAD), int(augment["random_crop_padding"]))
+        images = random_crop_with_padding(images, draws[_CROP_PAD], int(augment["random_crop_padding"]))
     if augment["horizontal_flip"]:
-        image = horizontal_flip(image, op_seed(seed, _FLIP))
+        images = horizontal_flip(images, draws[_FLIP][:, 0] < 0.5)
     if augment["rotation_degrees"] or augment["zoom"]:
-        image = rotate_and_zoom(
-            image, op_seed(seed, _AFFINE), float(augment["rotation_degrees"]), float(augment["zoom"])
-        )
+        images = rotate_and_zoom(images, draws[_AFFINE], float(augment["rotation_degrees"]), float(augment["zoom"]))
     if augment["color_jitter"]:
-        image = color_jitter(image, seed, float(augment["color_jitter"]))
+        images = color_jitter(images, draws[_COLOR], float(augment["color_jitter"]))
     if augment["pca_lighting"]:
-        image = pca_lighting(image, op_seed(seed, _PCA), float(augment["pca_lighting"]))
-    return image
+        images = pca_lighting(images, draws[_PCA], float(augment["pca_lighting"]))
+    return images
 
 
 def scale_crop_seed(seed: tf.Tensor) -> tf.Tensor:
