@@ -91,11 +91,16 @@ def random_scale_crop(image: tf.Tensor, seed: tf.Tensor, size: tuple[int, int], 
     return tf.image.stateless_random_crop(resized, [size[0], size[1], tf.shape(image)[2]], seed=op_seed(seed, 1))
 
 
-def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int) -> dict[int, tf.Tensor]:
-    """The random numbers of one epoch's size-preserving augmentations: per op of `augment` that is on, a table
-    whose row i belongs to example i of the split (its global index). Each table is drawn whole from
-    (seed, epoch, op), so an example's draws never depend on the batch it lands in, the host reading it or
-    where a resumed epoch starts; and turning one op on never changes another's draws."""
+def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int,
+         size: tuple[int, int]) -> dict[int, tf.Tensor]:
+    """The per-image parameters of one epoch's size-preserving augmentations on images of `size` (H, W): per op
+    of `augment` that is on, a table whose row i belongs to example i of the split (its global index).
+
+    Each table is drawn whole from (seed, epoch, op), so an example's augmentation never depends on the batch
+    it lands in, the host reading it or where a resumed epoch starts, and turning one op on never changes
+    another's draws. The parameters are computed here, on the whole table, and never on a batch: vectorised
+    sin and cos round an element differently by its position in the vector.
+    """
     base = tf.constant([seed, epoch], tf.int64)
 
     def uniform(op, width, low=-1.0, high=1.0):
@@ -103,100 +108,94 @@ def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int) -
 
     tables = {}
     if augment["random_crop_padding"]:
-        span = 2 * int(augment["random_crop_padding"]) + 1  # offsets 0 .. 2 * padding in the padded image
-        tables[_CROP_PAD] = tf.random.stateless_uniform([num_examples, 2], seed=op_seed(base, _CROP_PAD),
-                                                        minval=0, maxval=span, dtype=tf.int32)
+        padding = int(augment["random_crop_padding"])
+        offsets = tf.random.stateless_uniform([num_examples, 2], seed=op_seed(base, _CROP_PAD), minval=0,
+                                              maxval=2 * padding + 1, dtype=tf.int32)  # in the padded image
+        tables[_CROP_PAD] = crop_transforms(offsets, padding)
     if augment["horizontal_flip"]:
-        tables[_FLIP] = uniform(_FLIP, 1, 0.0, 1.0)
+        tables[_FLIP] = uniform(_FLIP, 1, 0.0, 1.0)[:, 0] < 0.5
     if augment["rotation_degrees"] or augment["zoom"]:
-        tables[_AFFINE] = uniform(_AFFINE, 2)
-    if augment["color_jitter"]:
-        tables[_COLOR] = uniform(_COLOR, 3)  # brightness, contrast, saturation
+        draws = uniform(_AFFINE, 2)
+        tables[_AFFINE] = rotation_transforms(draws[:, 0] * float(augment["rotation_degrees"]),
+                                              1.0 + draws[:, 1] * float(augment["zoom"]), size)
+    if augment["color_jitter"]:  # brightness shift, contrast and saturation factors
+        tables[_COLOR] = uniform(_COLOR, 3) * float(augment["color_jitter"]) + tf.constant([0.0, 1.0, 1.0])
     if augment["pca_lighting"]:
-        tables[_PCA] = tf.random.stateless_normal([num_examples, 3], seed=op_seed(base, _PCA))
+        alpha = tf.random.stateless_normal([num_examples, 3], seed=op_seed(base, _PCA))
+        tables[_PCA] = pca_shifts(alpha * float(augment["pca_lighting"]))
     return tables
 
 
-def _transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """Each image resampled at its transform (row [a0, a1, a2, b0, b1, b2, 0, 0] maps output pixel (x, y) to
-    the input point (a0 x + a1 y + a2, b0 x + b1 y + b2)); zero outside the image."""
+def crop_transforms(offsets: tf.Tensor, padding: int) -> tf.Tensor:
+    """CIFAR-style pad-and-crop as transforms (see `transform`): zero-pad `padding` pixels on every side, then
+    crop back to the input size at `offsets` ([N, 2] int: top, left in the padded image, 0 .. 2 * padding)."""
+    shift = tf.cast(offsets - padding, tf.float32)
+    one, zero = tf.ones_like(shift[:, 0]), tf.zeros_like(shift[:, 0])
+    return tf.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
+
+
+def rotation_transforms(degrees: tf.Tensor, scale: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Transforms (see `transform`) that rotate images of `size` by `degrees` and scale them by `scale` ([N]
+    each) about the centre."""
+    angle = degrees * math.pi / 180.0
+    cx, cy = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
+    # The transform maps output pixel (x, y) to the input point it samples: the inverse rotation and zoom.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    zero = tf.zeros_like(cos)
+    return tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero], axis=1)
+
+
+def pca_shifts(alpha: tf.Tensor) -> tf.Tensor:
+    """AlexNet's lighting noise (Krizhevsky et al. 2012): the RGB shift eigvec @ (alpha * eigval) of each row of
+    `alpha` ([N, 3], drawn from N(0, std))."""
+    return tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
+
+
+def transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "BILINEAR") -> tf.Tensor:
+    """Each image of [B, H, W, C] resampled at its transform: row [a0, a1, a2, b0, b1, b2, 0, 0] maps output
+    pixel (x, y) to the input point (a0 x + a1 y + a2, b0 x + b1 y + b2); zero outside the image. Whole-pixel
+    shifts with 'NEAREST' are exact."""
     out = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms,
                                                 output_shape=tf.shape(images)[1:3], fill_value=0.0,
                                                 interpolation=interpolation, fill_mode="CONSTANT")
     return tf.ensure_shape(out, images.shape)
 
 
-def random_crop_with_padding(images: tf.Tensor, offsets: tf.Tensor, padding: int) -> tf.Tensor:
-    """CIFAR-style: each image zero-padded by `padding` pixels on every side, then cropped back to its size at
-    `offsets` ([B, 2] int: top, left in the padded image, 0 .. 2 * padding). Done as a whole-pixel shift
-    (nearest-neighbour sampling at integer points: exact)."""
-    shift = tf.cast(offsets - padding, tf.float32)
-    one, zero = tf.ones_like(shift[:, 0]), tf.zeros_like(shift[:, 0])
-    transforms = tf.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
-    return _transform(images, transforms, "NEAREST")
-
-
-def horizontal_flip(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-    """Mirror left-right the images whose `flip` ([B] bool) is set."""
-    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
-
-def rotate_and_zoom(images: tf.Tensor, draws: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
-    """Rotate by draws[:, 0] * degrees and scale by 1 + draws[:, 1] * zoom about the centre (draws in [-1, 1]);
-    zero fill, bilinear."""
-    angle = draws[:, 0] * degrees * math.pi / 180.0
-    scale = 1.0 + draws[:, 1] * zoom
-    h, w = images.shape[1], images.shape[2]
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    # The transform maps output pixel (x, y) to the input point it samples: the inverse rotation and zoom.
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    zero = tf.zeros_like(cos)
-    transforms = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero],
-                          axis=1)
-    return _transform(images, transforms, "BILINEAR")
-
-
-def color_jitter(images: tf.Tensor, draws: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness + strength * draws[:, 0], then contrast and saturation x (1 + strength * draws[:, 1 or 2])
-    (draws in [-1, 1]); clipped to [0, 1]. Saturation needs colour, so grey images get brightness and contrast
-    only. Each step is tf.image's adjust_* of one image, with one factor per image."""
-    factor = 1.0 + strength * draws[:, 1:, None, None, None]
-    images = images + strength * draws[:, 0, None, None, None]
-    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)  # per image and channel, as adjust_contrast
-    images = (images - mean) * factor[:, 0] + mean
+def color_jitter(images: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """Brightness + factors[:, 0], then contrast x factors[:, 1] and saturation x factors[:, 2], image by image
+    as tf.image's adjust_*; clipped to [0, 1]. Saturation needs colour, so grey images get brightness and
+    contrast only."""
+    factors = factors[:, :, None, None, None]
+    images = images + factors[:, 0]
+    # Per image and channel, as adjust_contrast. Summed in float64: a float32 sum's rounding depends on how the
+    # reduction splits the batch, so the same image would come out a few ulps apart in batches of other sizes.
+    mean = tf.cast(tf.reduce_mean(tf.cast(images, tf.float64), axis=[1, 2], keepdims=True), tf.float32)
+    images = (images - mean) * factors[:, 1] + mean
     if images.shape[-1] == 3:
         hsv = tf.image.rgb_to_hsv(images)
-        saturation = tf.clip_by_value(hsv[..., 1:2] * factor[:, 1], 0.0, 1.0)
+        saturation = tf.clip_by_value(hsv[..., 1:2] * factors[:, 2], 0.0, 1.0)
         images = tf.image.hsv_to_rgb(tf.concat([hsv[..., :1], saturation, hsv[..., 2:]], axis=-1))
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
-def pca_lighting(images: tf.Tensor, alpha: tf.Tensor, std: float) -> tf.Tensor:
-    """AlexNet's lighting noise: add eigvec @ (std * alpha * eigval) to every pixel of each image (alpha: [B, 3]
-    standard normal draws). Defined for RGB; grey images are returned unchanged."""
-    if images.shape[-1] != 3:
-        return images
-    shift = tf.linalg.matvec(tf.constant(PCA_EIGVEC), std * alpha * tf.constant(PCA_EIGVAL))
-    return images + shift[:, None, None, :]
-
-
-def apply_batch(images: tf.Tensor, draws: Mapping[int, tf.Tensor], augment: Mapping[str, Any]) -> tf.Tensor:
-    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order, on a batch [B, H, W, C]
-    with `draws`: the rows of `draw`'s tables for the batch's examples.
+def apply_batch(images: tf.Tensor, params: Mapping[int, tf.Tensor], augment: Mapping[str, Any]) -> tf.Tensor:
+    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order (pad-and-crop, flip,
+    rotation and zoom, colour jitter, PCA lighting) on a batch [B, H, W, C], with `params` the rows of
+    `draw`'s tables for the batch's examples.
 
     The random resized crop and scale jittering change the size and are applied by the pipeline, image by
-    image, in place of the plain resize.
+    image, in place of the plain resize. PCA lighting is defined for RGB; grey images are left unchanged.
     """
     if augment["random_crop_padding"]:
-        images = random_crop_with_padding(images, draws[_CROP_PAD], int(augment["random_crop_padding"]))
+        images = transform(images, params[_CROP_PAD], "NEAREST")
     if augment["horizontal_flip"]:
-        images = horizontal_flip(images, draws[_FLIP][:, 0] < 0.5)
+        images = tf.where(params[_FLIP][:, None, None, None], tf.reverse(images, axis=[2]), images)
     if augment["rotation_degrees"] or augment["zoom"]:
-        images = rotate_and_zoom(images, draws[_AFFINE], float(augment["rotation_degrees"]), float(augment["zoom"]))
+        images = transform(images, params[_AFFINE], "BILINEAR")
     if augment["color_jitter"]:
-        images = color_jitter(images, draws[_COLOR], float(augment["color_jitter"]))
-    if augment["pca_lighting"]:
-        images = pca_lighting(images, draws[_PCA], float(augment["pca_lighting"]))
+        images = color_jitter(images, params[_COLOR])
+    if augment["pca_lighting"] and images.shape[-1] == 3:
+        images = images + params[_PCA][:, None, None, :]
     return images
 
 

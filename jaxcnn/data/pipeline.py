@@ -411,7 +411,9 @@ class Pipeline:
         """(index [B], (images, labels)) -> the model's batch: fit, augment and normalize a whole batch at once
         (a few ops per batch instead of dozens per image). Padding examples (index -1) become zero images with
         mask 0."""
-        draws = aug.draw(self.augment, self.seed, epoch, self.source.num_examples) if self.train else {}
+        params = {}
+        if self.train:
+            params = aug.draw(self.augment, self.seed, epoch, self.source.num_examples, self.image_shape[:2])
 
         def fn(index, example):
             images, labels = example
@@ -419,7 +421,7 @@ class Pipeline:
                 images = tf.cast(images, tf.float32) / 255.0  # exactly torchvision's ToTensor
                 images = fit_to_size(match_channels(images, self.image_shape[-1]), self.image_shape[:2])
             if self.train:
-                images = aug.apply_batch(images, {op: tf.gather(table, index) for op, table in draws.items()},
+                images = aug.apply_batch(images, {op: tf.gather(table, index) for op, table in params.items()},
                                          self.augment)
             if self.reverse_channels:  # after augmentation, whose colour operations assume RGB
                 images = images[..., ::-1]
