@@ -1,10 +1,14 @@
-"""The one input pipeline: a source split -> per-example decode, fit, augment, normalize -> numpy batches.
+"""The one input pipeline: a source split -> per-example decode (and crop, for images of varying size) ->
+batches -> fit, augment, normalize on the whole batch -> numpy batches.
 
 Every dataset (tfds, the embedded MNIST subset, image folders) becomes a `Source`: its examples in a fixed order
 plus a decoder. `Pipeline.epoch(e)` then builds the same tf.data graph for all of them, and its output is a pure
-function of (seed, epoch): the shuffle seed comes from (seed, epoch) and each example's augmentation seed from
-(seed, epoch, example index), so `epoch(e, skip_batches=k)` skips k batches without decoding them and yields
-exactly what `epoch(e)` yields from batch k on.
+function of (seed, epoch): the shuffle seed comes from (seed, epoch) and each example's augmentation from
+(seed, epoch, example index), never from the batch it lands in, so `epoch(e, skip_batches=k)` skips k batches
+without decoding them and yields exactly what `epoch(e)` yields from batch k on. The per-image work is what
+differs image by image (decoding, a crop of varying size); fitting to the model's size, the size-preserving
+augmentations and the normalization run as a few ops per batch. In-memory sources (the embedded MNIST) need no
+per-image work at all, and a small evaluation split is read once and kept.
 """
 
 from __future__ import annotations
