@@ -1,9 +1,10 @@
 """Training augmentations as stateless TensorFlow ops on float images in [0, 1].
 
 The size-preserving ones (pad-and-crop, flip, rotation and zoom, colour jitter, PCA lighting) work on a batch
-[B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's random numbers
-as tables indexed by the examples' global index (from the config seed, the epoch and the op only), and
-`apply_batch` applies them to a batch given the rows of its examples. An augmented image is therefore a pure
+[B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's per-image
+parameters (shifts, flips, rotation transforms, colour factors) as tables indexed by the examples' global index,
+from the config seed, the epoch and the op only, and `apply_batch` applies them to a batch given the rows of
+its examples. An augmented image is therefore a pure
 function of (image, seed, epoch, example index), whatever batch, host or resume position it comes in; that is
 what makes a resumed epoch identical to an uninterrupted one.
 
