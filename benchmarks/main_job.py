@@ -15,7 +15,8 @@ round (disk caches, and our persistent compilation cache, as a user's second run
   no augmentation, KERAS_BACKEND set for that process. Importing our converter module pulls in JAX, which a
   Keras user would not import: its import time is measured in the child and taken off Keras's wall time.
 
-Reported per peer: wall seconds (min, median), best validation top-1 (min, median), and ours' median wall
+Reported per peer: wall seconds (min, median), CPU seconds of the child, all threads (median; steadier than
+wall time when other jobs share the cores), best validation top-1 (min, median), and ours' median wall and CPU
 time over each Keras backend's (< 1: ours is faster).
 """
 
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,10 +48,10 @@ PROGRESS = re.compile(r"(?<![\d.])[1-9]\d*/\d+")  # 'step 50/3120' or a progress
 
 def keras_fit(model_name: str = "lenet5") -> dict:
     """Train the seeds' Keras model with the recipe's settings (runs inside the child process)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
     from jaxcnn.convert.keras import keras_reference  # imports jax too: timed, and taken off the wall time
 
-    helper_s = time.perf_counter() - t0
+    helper_s, helper_cpu_s = time.perf_counter() - t0, cpu_seconds(resource.RUSAGE_SELF) - cpu0
     import keras
     import numpy as np
 
@@ -76,10 +78,16 @@ def keras_fit(model_name: str = "lenet5") -> dict:
     history = model.fit(prepare(x_train), y_train, batch_size=batch, epochs=epochs,
                         validation_data=(prepare(x_val), y_val), shuffle=True, verbose=0)
     return {"best_top1": max(history.history["val_accuracy"]), "helper_import_s": helper_s,
-            "backend": keras.backend.backend()}
+            "helper_import_cpu_s": helper_cpu_s, "backend": keras.backend.backend()}
 
 
 # ----------------------------------------------------------------------------------------------- parent
+
+
+def cpu_seconds(who: int = resource.RUSAGE_CHILDREN) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF) or of its finished children, all threads."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child_env(**extra) -> dict:
@@ -91,7 +99,7 @@ def run_ours(extra_args: list[str], cache_home: str) -> dict:
     """One `python -m train.main --model=lenet5` on a fresh workdir: wall, first progress line, best top-1."""
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, "-m", "train.main", "--model=lenet5", f"--workdir={workdir}", *extra_args]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(JAXCNN_HOME=cache_home), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         first_line_s, seen = None, ""
@@ -101,25 +109,25 @@ def run_ours(extra_args: list[str], cache_home: str) -> dict:
                 first_line_s = time.perf_counter() - t0
         out = proc.stdout.read()
         proc.wait()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     best = BEST.search(out)
     if proc.returncode != 0 or not best:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {out[-500:]}")
-    return {"wall_s": wall, "best_top1": float(best.group(1)), "first_progress_s": first_line_s}
+    return {"wall_s": wall, "cpu_s": cpu, "best_top1": float(best.group(1)), "first_progress_s": first_line_s}
 
 
 def run_keras(backend: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--keras_child"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(KERAS_BACKEND=backend), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"keras ({backend}) failed: {proc.stderr[-800:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["backend"] != backend:
         raise RuntimeError(f"asked Keras for the {backend} backend, got {result['backend']}")
-    return {"wall_s": wall - result["helper_import_s"], "best_top1": result["best_top1"],
-            "helper_import_s": result["helper_import_s"]}
+    return {"wall_s": wall - result["helper_import_s"], "cpu_s": cpu - result["helper_import_cpu_s"],
+            "best_top1": result["best_top1"], "helper_import_s": result["helper_import_s"]}
 
 
 def run_peer(peer: str, ours_args: list[str], warm_home: str) -> dict:
@@ -132,8 +140,9 @@ def run_peer(peer: str, ours_args: list[str], warm_home: str) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    walls, tops = [r["wall_s"] for r in runs], [r["best_top1"] for r in runs]
+    walls, tops, cpus = [r["wall_s"] for r in runs], [r["best_top1"] for r in runs], [r["cpu_s"] for r in runs]
     out = {"wall_min_s": min(walls), "wall_median_s": statistics.median(walls),
+           "cpu_median_s": statistics.median(cpus),
            "top1_min": min(tops), "top1_median": statistics.median(tops), "runs": runs}
     firsts = [r["first_progress_s"] for r in runs if r.get("first_progress_s") is not None]
     if firsts:
@@ -175,6 +184,7 @@ def main(argv=None) -> dict:
         for keras_peer in (p for p in peers if p.startswith("keras")):
             summary[f"{ours}/{keras_peer}"] = (summary[ours]["wall_median_s"] /
                                                summary[keras_peer]["wall_median_s"])
+            summary[f"{ours}/{keras_peer} CPU"] = summary[ours]["cpu_median_s"] / summary[keras_peer]["cpu_median_s"]
     summary["load_average"] = os.getloadavg()
     print(json.dumps(summary, indent=2))
     if args.json:

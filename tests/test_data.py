@@ -356,6 +356,95 @@ def test_augmentations_do_what_they_say():
         aug.options(dict(mixup=0.2))
 
 
+def _in_source_order(batch_size, augment, process_index=0, process_count=1, epoch=0):
+    """Augmented training images of the validation split; a shuffle buffer of 1 keeps the source order (this
+    process's share of it: examples process_index, process_index + process_count, ...)."""
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=batch_size, image_shape=(28, 28, 1),
+                         train=True, seed=0, augment=augment, normalize="none", shuffle_buffer=1,
+                         process_index=process_index, process_count=process_count)
+    return _stack(_batches(pipe, epoch), "image")
+
+
+def test_augmentation_is_a_function_of_the_example_not_of_its_batch_or_host():
+    # Augmentation runs on whole batches; each example's draws come from its global index, so the same image
+    # comes out whatever the batch size or the number of hosts sharing the split.
+    augment = dict(AUGMENT, zoom=0.1, color_jitter=0.3)
+    whole = _in_source_order(100, augment)
+    assert whole.shape == (2000, 28, 28, 1)
+    plain = embedded.load("validation")[0].astype(np.float32) / 255
+    assert (np.abs(whole - plain).reshape(2000, -1).max(axis=1) > 1e-3).mean() > 0.9  # augmented
+    np.testing.assert_array_equal(_in_source_order(40, augment), whole)
+    np.testing.assert_array_equal(_in_source_order(50, augment, process_index=1, process_count=2), whole[1::2])
+    assert not np.array_equal(_in_source_order(100, augment, epoch=1), whole)  # other draws next epoch
+
+
+def test_each_image_gets_its_own_crop_offset_uniformly():
+    padding = 2
+    cropped = _in_source_order(100, dict(random_crop_padding=padding))[..., 0]
+    padded = np.pad(embedded.load("validation")[0][..., 0] / np.float32(255), [(0, 0), (2, 2), (2, 2)])
+    shifts = [[(y, x) for y in range(5) for x in range(5) if np.array_equal(c, p[y : y + 28, x : x + 28])]
+              for c, p in zip(cropped, padded)]
+    assert all(shifts)  # every image is its digit shifted by whole pixels, zero filled
+    first = np.array([s[0] for s in shifts])
+    for axis in range(2):  # 2,000 draws of 5 offsets: 400 each expected, 4.5 standard deviations allowed
+        np.testing.assert_allclose(np.bincount(first[:, axis], minlength=5), 400, atol=80)
+    # Within a batch the offsets differ: not one draw per batch.
+    assert len({tuple(s) for s in first[:100]}) > 10
+
+
+def test_batched_colour_jitter_is_tf_images_adjustments_per_image():
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 9, 7, 3), np.float32)
+    factors = (rng.uniform(-1, 1, (6, 3)) * 0.4 + [0, 1, 1]).astype(np.float32)  # brightness, contrast, saturation
+    out = aug.color_jitter(tf.constant(images), tf.constant(factors)).numpy()
+    for image, (b, c, s), got in zip(images, factors, out):
+        expected = tf.image.adjust_saturation(tf.image.adjust_contrast(tf.image.adjust_brightness(image, b), c), s)
+        np.testing.assert_allclose(got, tf.clip_by_value(expected, 0.0, 1.0).numpy(), atol=2e-6)
+    grey = aug.color_jitter(tf.constant(images[..., :1]), tf.constant(factors)).numpy()
+    for image, (b, c, _), got in zip(images[..., :1], factors, grey):  # grey: no saturation
+        expected = tf.image.adjust_contrast(tf.image.adjust_brightness(image, b), c)
+        np.testing.assert_allclose(got, tf.clip_by_value(expected, 0.0, 1.0).numpy(), atol=2e-6)
+
+
+def test_batched_rotation_and_zoom_resample_each_image_about_its_centre():
+    from scipy import ndimage
+
+    digits = embedded.load("validation")[0][:8].astype(np.float32) / 255
+    rng = np.random.default_rng(0)
+    degrees, scale = rng.uniform(-15, 15, 8).astype(np.float32), rng.uniform(0.8, 1.2, 8).astype(np.float32)
+    out = aug.transform(tf.constant(digits), aug.rotation_transforms(degrees, scale, (28, 28))).numpy()
+    centre = np.array([13.5, 13.5])
+    for digit, d, s, got in zip(digits, degrees.astype(np.float64), scale.astype(np.float64), out):
+        angle = np.deg2rad(d)
+        # Output pixel (y, x) samples the input at centre + M ((y, x) - centre): the inverse rotation and zoom.
+        m = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / s
+        expected = ndimage.affine_transform(digit[..., 0], m, centre - m @ centre, order=1, mode="grid-constant")
+        np.testing.assert_allclose(got[..., 0], expected, atol=1e-5)
+
+
+def test_a_small_evaluation_split_is_read_once_and_kept(monkeypatch):
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=300, image_shape=(28, 28, 1), train=False,
+                         seed=0)
+    assert pipe.dataset(0).options().autotune.enabled is False  # in memory: no autotuning threads
+    builds = []
+    build = pipe.dataset
+    monkeypatch.setattr(pipe, "dataset", lambda *a: builds.append(a) or build(*a))
+    next(pipe.epoch(0))  # a partial pass (eval_steps) keeps nothing
+    first, second = _batches(pipe), _batches(pipe, epoch=3)
+    assert len(builds) == 2 and len(first) == len(second) == 7
+    for a, b in zip(first, second, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert not second[0]["image"].flags.writeable  # the kept batches cannot be changed by a caller
+    assert [b["label"][0] for b in _batches(pipe, skip=5)] == [first[5]["label"][0], first[6]["label"][0]]
+    assert len(builds) == 2
+    monkeypatch.setattr(pipeline_lib, "KEEP_EVAL_BYTES", 2000 * 28 * 28 * 4)  # 2,100 padded images: too big
+    big = make_pipeline("embedded_mnist", "validation", batch_size=300, image_shape=(28, 28, 1), train=False,
+                        seed=0)
+    _batches(big)
+    assert big.epoch(0) is not big.epoch(0) and big._kept_batches is None
+
+
 def test_explicit_normalization_round_trips_and_refuses_bad_strings_in_one_line():
     """normalize='RGB|BGR;mean=..;std=..' (published weights' statistics): read back to the float32 values
     written, in the channel order written; malformed strings are one ValueError line naming the form."""

@@ -63,7 +63,8 @@ def setup(config, workdir: str | Path) -> Setup:
     spec = models.get_spec(config.model)
     image_shape = image_shape_for(config, spec)
     # The loss takes its class count from the logits, so the steps need no num_classes.
-    driver = parallel.make_driver(config.parallel, *training.step_functions(config, None))
+    driver = parallel.make_driver(driver_kind(config.parallel, jax.device_count()),
+                                  *training.step_functions(config, None))
     for size, flag in ((config.batch_size, "batch_size"), (config.eval_batch_size, "eval_batch_size")):
         parallel.check_divisible(int(size), driver.num_devices, flag)
 
@@ -82,6 +83,13 @@ def setup(config, workdir: str | Path) -> Setup:
                     dataset=config.dataset, config=config_check.plain(config))
     ckpt.check_compatible(workdir, metadata)
     return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver)
+
+
+def driver_kind(kind: str, device_count: int) -> str:
+    """The jaxcnn.parallel driver for `config.parallel`: 'single' (plain jit) where 'pmap' would span one
+    device, the same step without pmap's dispatch and per-metric slicing (+0.5 ms a step, benchmarks/NOTES.md
+    session 5); any other choice as it is."""
+    return "single" if kind == "pmap" and device_count == 1 else kind
 
 
 def check_resume(config, workdir: Path) -> None:

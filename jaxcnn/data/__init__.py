@@ -29,8 +29,10 @@ Contract
   * Shuffling: a buffer of `shuffle_buffer` examples; image folders, listed class by class, first have their
     whole file list permuted, so that batches mix the classes however small the buffer.
   * Determinism: an epoch is a pure function of (seed, epoch). The shuffle is seeded from (seed, epoch) and
-    every random op of an example from (seed, epoch, example index), so `epoch(e, skip_batches=k)` yields
-    exactly the batches k.. of `epoch(e)`: the trainer resumes mid-epoch with it.
+    every random op of an example from (seed, epoch, example index), whatever its batch, host or resume
+    position (augmentation runs on whole batches, with per-example draws: jaxcnn.data.augment), so
+    `epoch(e, skip_batches=k)` yields exactly the batches k.. of `epoch(e)`: the trainer resumes mid-epoch
+    with it. A small evaluation split (its batches under 256 MB) is read once and kept.
   * Model input: images are brought to the model's (H, W, C): 28x28 -> 32x32 by padding 2 pixels (LeNet-5 1998),
     fixed-size sources otherwise by bilinear (antialiased) resizing, sources of varying size (ImageNet,
     folders) by resizing the shorter side to H / crop_fraction and centre cropping (torchvision's 256 -> 224);

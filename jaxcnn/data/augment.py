@@ -1,9 +1,15 @@
-"""Training augmentations as stateless TensorFlow ops on one float image [H, W, C] in [0, 1].
+"""Training augmentations as stateless TensorFlow ops on float images in [0, 1].
 
-Every op takes an explicit `seed` (an int64 tensor of shape [2]) and uses only `tf.random.stateless_*` /
-`tf.image.stateless_random_*`, so an augmented image is a pure function of (image, seed). The pipeline derives
-the seed from (config seed, epoch, example index); that is what makes a resumed epoch identical to an
-uninterrupted one. Ops keep the shape and dtype of their input.
+The size-preserving ones (pad-and-crop, flip, rotation and zoom, colour jitter, PCA lighting) work on a batch
+[B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's per-image
+parameters (shifts, flips, rotation transforms, colour factors) as tables indexed by the examples' global index,
+from the config seed, the epoch and the op only, and `apply_batch` applies them to a batch given the rows of
+its examples. An augmented image is therefore a pure function of (image, seed, epoch, example index), whatever
+batch, host or resume position it comes in; that is what makes a resumed epoch identical to an uninterrupted one.
+
+The crops that change the size (Inception's random resized crop, VGG's scale jittering) work on one image of
+any size [H, W, C] with an explicit `seed` (an int64 tensor of shape [2]) and `tf.image.stateless_*` ops; the
+pipeline derives that seed from (config seed, epoch, example index).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ DEFAULTS = dict(
     pca_lighting=0.0,
 )
 
-# One stream per op: op seeds are fold_in(example seed, op id), so turning one op on never changes another's draws.
-_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _BRIGHTNESS, _CONTRAST, _SATURATION, _PCA, _SCALE = range(9)
+# One stream per op: op seeds are fold_in(seed, op id), so turning one op on never changes another's draws.
+_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _COLOR, _PCA, _SCALE = range(7)
 
 
 def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -46,13 +52,6 @@ def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def op_seed(seed: tf.Tensor, op: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, tf.constant(op, tf.int64))
-
-
-def random_crop_with_padding(image: tf.Tensor, seed: tf.Tensor, padding: int) -> tf.Tensor:
-    """CIFAR-style: zero-pad `padding` pixels on every side, then crop back to the input size at random."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-    return tf.image.stateless_random_crop(padded, shape, seed=seed)
 
 
 def random_resized_crop(
@@ -92,77 +91,112 @@ def random_scale_crop(image: tf.Tensor, seed: tf.Tensor, size: tuple[int, int], 
     return tf.image.stateless_random_crop(resized, [size[0], size[1], tf.shape(image)[2]], seed=op_seed(seed, 1))
 
 
-def horizontal_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Mirror left-right with probability 1/2."""
-    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int,
+         size: tuple[int, int]) -> dict[int, tf.Tensor]:
+    """The per-image parameters of one epoch's size-preserving augmentations on images of `size` (H, W): per op
+    of `augment` that is on, a table whose row i belongs to example i of the split (its global index).
+
+    Each table is drawn whole from (seed, epoch, op), so an example's augmentation never depends on the batch
+    it lands in, the host reading it or where a resumed epoch starts, and turning one op on never changes
+    another's draws. The parameters are computed here, on the whole table, and never on a batch: vectorised
+    sin and cos round an element differently by its position in the vector.
+    """
+    base = tf.constant([seed, epoch], tf.int64)
+
+    def uniform(op, width, low=-1.0, high=1.0):
+        return tf.random.stateless_uniform([num_examples, width], seed=op_seed(base, op), minval=low, maxval=high)
+
+    tables = {}
+    if augment["random_crop_padding"]:
+        padding = int(augment["random_crop_padding"])
+        offsets = tf.random.stateless_uniform([num_examples, 2], seed=op_seed(base, _CROP_PAD), minval=0,
+                                              maxval=2 * padding + 1, dtype=tf.int32)  # in the padded image
+        tables[_CROP_PAD] = crop_transforms(offsets, padding)
+    if augment["horizontal_flip"]:
+        tables[_FLIP] = uniform(_FLIP, 1, 0.0, 1.0)[:, 0] < 0.5
+    if augment["rotation_degrees"] or augment["zoom"]:
+        draws = uniform(_AFFINE, 2)
+        tables[_AFFINE] = rotation_transforms(draws[:, 0] * float(augment["rotation_degrees"]),
+                                              1.0 + draws[:, 1] * float(augment["zoom"]), size)
+    if augment["color_jitter"]:  # brightness shift, contrast and saturation factors
+        tables[_COLOR] = uniform(_COLOR, 3) * float(augment["color_jitter"]) + tf.constant([0.0, 1.0, 1.0])
+    if augment["pca_lighting"]:
+        alpha = tf.random.stateless_normal([num_examples, 3], seed=op_seed(base, _PCA))
+        tables[_PCA] = pca_shifts(alpha * float(augment["pca_lighting"]))
+    return tables
 
 
-def rotate_and_zoom(image: tf.Tensor, seed: tf.Tensor, degrees: float, zoom: float) -> tf.Tensor:
-    """Rotate by U(-degrees, degrees) and scale by U(1 - zoom, 1 + zoom) about the centre; zero fill, bilinear."""
-    draws = tf.random.stateless_uniform([2], seed=seed, minval=-1.0, maxval=1.0)
-    angle = draws[0] * degrees * math.pi / 180.0
-    scale = 1.0 + draws[1] * zoom
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+def crop_transforms(offsets: tf.Tensor, padding: int) -> tf.Tensor:
+    """CIFAR-style pad-and-crop as transforms (see `transform`): zero-pad `padding` pixels on every side, then
+    crop back to the input size at `offsets` ([N, 2] int: top, left in the padded image, 0 .. 2 * padding)."""
+    shift = tf.cast(offsets - padding, tf.float32)
+    one, zero = tf.ones_like(shift[:, 0]), tf.zeros_like(shift[:, 0])
+    return tf.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
+
+
+def rotation_transforms(degrees: tf.Tensor, scale: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Transforms (see `transform`) that rotate images of `size` by `degrees` and scale them by `scale` ([N]
+    each) about the centre."""
+    angle = degrees * math.pi / 180.0
+    cx, cy = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
     # The transform maps output pixel (x, y) to the input point it samples: the inverse rotation and zoom.
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=transform[None],
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    return tf.ensure_shape(out[0], image.shape)
+    zero = tf.zeros_like(cos)
+    return tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero], axis=1)
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness ± strength, contrast and saturation × U(1 - strength, 1 + strength); clipped to [0, 1].
-
-    Saturation needs colour, so grey images get brightness and contrast only.
-    """
-    image = tf.image.stateless_random_brightness(image, strength, seed=op_seed(seed, _BRIGHTNESS))
-    image = tf.image.stateless_random_contrast(image, 1 - strength, 1 + strength, seed=op_seed(seed, _CONTRAST))
-    if image.shape[-1] == 3:
-        image = tf.image.stateless_random_saturation(
-            image, 1 - strength, 1 + strength, seed=op_seed(seed, _SATURATION)
-        )
-    return tf.clip_by_value(image, 0.0, 1.0)
+def pca_shifts(alpha: tf.Tensor) -> tf.Tensor:
+    """AlexNet's lighting noise (Krizhevsky et al. 2012): the RGB shift eigvec @ (alpha * eigval) of each row of
+    `alpha` ([N, 3], drawn from N(0, std))."""
+    return tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
 
 
-def pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
-    """AlexNet's lighting noise: add eigvec @ (alpha * eigval) to every pixel, alpha ~ N(0, std) per image.
-
-    Defined for RGB; grey images are returned unchanged.
-    """
-    if image.shape[-1] != 3:
-        return image
-    alpha = tf.random.stateless_normal([3], seed=seed, stddev=std)
-    shift = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
-    return image + shift
+def transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "BILINEAR") -> tf.Tensor:
+    """Each image of [B, H, W, C] resampled at its transform: row [a0, a1, a2, b0, b1, b2, 0, 0] maps output
+    pixel (x, y) to the input point (a0 x + a1 y + a2, b0 x + b1 y + b2); zero outside the image. Whole-pixel
+    shifts with 'NEAREST' are exact."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms,
+                                                output_shape=tf.shape(images)[1:3], fill_value=0.0,
+                                                interpolation=interpolation, fill_mode="CONSTANT")
+    return tf.ensure_shape(out, images.shape)
 
 
-def apply(image: tf.Tensor, seed: tf.Tensor, augment: Mapping[str, Any]) -> tf.Tensor:
-    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order.
+def color_jitter(images: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """Brightness + factors[:, 0], then contrast x factors[:, 1] and saturation x factors[:, 2], image by image
+    as tf.image's adjust_*; clipped to [0, 1]. Saturation needs colour, so grey images get brightness and
+    contrast only."""
+    factors = factors[:, :, None, None, None]
+    images = images + factors[:, 0]
+    # Per image and channel, as adjust_contrast. Summed in float64: a float32 sum's rounding depends on how the
+    # reduction splits the batch, so the same image would come out a few ulps apart in batches of other sizes.
+    mean = tf.cast(tf.reduce_mean(tf.cast(images, tf.float64), axis=[1, 2], keepdims=True), tf.float32)
+    images = (images - mean) * factors[:, 1] + mean
+    if images.shape[-1] == 3:
+        hsv = tf.image.rgb_to_hsv(images)
+        saturation = tf.clip_by_value(hsv[..., 1:2] * factors[:, 2], 0.0, 1.0)
+        images = tf.image.hsv_to_rgb(tf.concat([hsv[..., :1], saturation, hsv[..., 2:]], axis=-1))
+    return tf.clip_by_value(images, 0.0, 1.0)
 
-    The random resized crop changes the size and is applied by the pipeline in place of the plain resize.
+
+def apply_batch(images: tf.Tensor, params: Mapping[int, tf.Tensor], augment: Mapping[str, Any]) -> tf.Tensor:
+    """The size-preserving augmentations of `augment` (see DEFAULTS) in a fixed order (pad-and-crop, flip,
+    rotation and zoom, colour jitter, PCA lighting) on a batch [B, H, W, C], with `params` the rows of
+    `draw`'s tables for the batch's examples.
+
+    The random resized crop and scale jittering change the size and are applied by the pipeline, image by
+    image, in place of the plain resize. PCA lighting is defined for RGB; grey images are left unchanged.
     """
     if augment["random_crop_padding"]:
-        image = random_crop_with_padding(image, op_seed(seed, _CROP_PAD), int(augment["random_crop_padding"]))
+        images = transform(images, params[_CROP_PAD], "NEAREST")
     if augment["horizontal_flip"]:
-        image = horizontal_flip(image, op_seed(seed, _FLIP))
+        images = tf.where(params[_FLIP][:, None, None, None], tf.reverse(images, axis=[2]), images)
     if augment["rotation_degrees"] or augment["zoom"]:
-        image = rotate_and_zoom(
-            image, op_seed(seed, _AFFINE), float(augment["rotation_degrees"]), float(augment["zoom"])
-        )
+        images = transform(images, params[_AFFINE], "BILINEAR")
     if augment["color_jitter"]:
-        image = color_jitter(image, seed, float(augment["color_jitter"]))
-    if augment["pca_lighting"]:
-        image = pca_lighting(image, op_seed(seed, _PCA), float(augment["pca_lighting"]))
-    return image
+        images = color_jitter(images, params[_COLOR])
+    if augment["pca_lighting"] and images.shape[-1] == 3:
+        images = images + params[_PCA][:, None, None, :]
+    return images
 
 
 def scale_crop_seed(seed: tf.Tensor) -> tf.Tensor:

@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.plateau_cooldown = 0
 
     c.dtype = "float32"  # bfloat16: compute in bf16, params and optimizer state in fp32
-    c.parallel = "pmap"  # pmap | shard_map | jit | fsdp (README "Parallel training")
+    c.parallel = "pmap"  # pmap | shard_map | jit | fsdp (README "Parallel training"); pmap on one device: plain jit
     c.seed = 0
     c.skip_nonfinite = False  # True: skip non-finite updates (optax.apply_if_finite) instead of stopping
     c.max_consecutive_nonfinite = 10  # with skip_nonfinite: give up skipping after this many in a row
