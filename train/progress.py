@@ -15,10 +15,13 @@ from tqdm.auto import tqdm
 
 
 class ProgressBar:
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream=sys.stderr):
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream=None):
         self.enabled = enabled
         if not enabled:
             return
+        # sys.stderr as it is now, not as it was at import: a default bound at import time kept a stream that
+        # was later closed (pytest's capture), and every later run died on it.
+        stream = sys.stderr if stream is None else stream
         tty = hasattr(stream, "isatty") and stream.isatty()
         self._bar = tqdm(total=total, initial=initial, desc="compiling", unit="step", file=stream,
                          dynamic_ncols=True, mininterval=0.5 if tty else 5.0, smoothing=0.1)
