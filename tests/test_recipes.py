@@ -170,8 +170,29 @@ def test_weight_init_he_doubles_the_kernel_variance():
             # The sample std of n >= 1,728 draws is within ~5/sqrt(2n) relative of the true one.
             assert abs(kernel.std() / expected - 1) < 5 / math.sqrt(2 * kernel.size), (init, name, kernel.std())
             np.testing.assert_array_equal(layer["bias"], 0.0)
-    with pytest.raises(ValueError, match="weight_init must be one of lecun, he, not 'xavier'"):
+    with pytest.raises(ValueError, match="weight_init must be one of lecun, he, glorot, normal_0.01, not 'xavier'"):
         init_params("vgg11", (32, 32, 3), weight_init="xavier")
+
+
+def test_googlenet_weight_init_by_name():
+    """GoogLeNet's kernels start as its source's (the 2014 paper's Glorot uniform, torchvision's N(0, 0.01)) and
+    take any other start by name: googlenet_2014's laptop recipe uses He normal."""
+    assert recipe_for("googlenet_2014").model_kwargs.weight_init == "he"
+
+    def conv1_and_fc(name, shape, **options):
+        params = jax.device_get(init_params(name, shape, **options))
+        return [np.asarray(kernel, np.float64) for kernel in (params["conv1"]["conv"]["kernel"], params["fc"]["kernel"])]
+
+    glorot = conv1_and_fc("googlenet_2014", (224, 224, 3))
+    he = conv1_and_fc("googlenet_2014", (224, 224, 3), weight_init="he")
+    torchvision = conv1_and_fc("googlenet", (32, 32, 3))
+    for g, h, t in zip(glorot, he, torchvision):
+        receptive = math.prod(g.shape[:-2])
+        fan_in, fan_out = receptive * g.shape[-2], receptive * g.shape[-1]
+        tolerance = 5 / math.sqrt(2 * g.size)  # the sample std's relative spread, n >= 10,240 draws
+        for kernel, std in ((g, math.sqrt(2 / (fan_in + fan_out))), (h, math.sqrt(2 / fan_in)), (t, 0.01)):
+            assert abs(kernel.std() / std - 1) < tolerance, (kernel.shape, kernel.std(), std)
+        assert np.abs(g).max() <= math.sqrt(6 / (fan_in + fan_out))  # uniform, within Glorot's bound
 
 
 def test_lenet5_1998_paper_initialization():

@@ -35,7 +35,7 @@ from jaxcnn.layers import (
     max_pool,
     torch_padding,
 )
-from jaxcnn.models.common import check_input
+from jaxcnn.models.common import check_input, kernel_init
 from jaxcnn.models.registry import register
 
 # --- The layer table ---------------------------------------------------------------------------------------
@@ -98,19 +98,6 @@ def flatten_nhwc(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-# How a plain network's kernels start. LeCun normal (variance 1/fan_in, flax's default) halves the signal's
-# variance at every ReLU, so after VGG-16's 16 layers the logits and gradients start ~2^8 too small and the
-# first hundreds of steps barely move; He normal (variance 2/fan_in, He et al. 2015) keeps it level (vgg16 on
-# embedded MNIST after 150 Adam steps: 64% with LeCun, 89% with He).
-KERNEL_INITS = {"lecun": nn.initializers.lecun_normal(), "he": nn.initializers.he_normal()}
-
-
-def kernel_init(name: str) -> Callable:
-    if name not in KERNEL_INITS:
-        raise ValueError(f"weight_init must be one of {', '.join(KERNEL_INITS)}, not {name!r}")
-    return KERNEL_INITS[name]
-
-
 # How the feature maps meet the classifier table.
 HEADS = {"nchw": flatten_nchw, "nhwc": flatten_nhwc, "gap": global_avg_pool}
 
@@ -131,7 +118,7 @@ class PlainCNN(nn.Module):
     bn_momentum: float = 0.9  # flax convention: 0.9 is torch's 0.1
     dtype: Any = jnp.float32
     axis_name: str | None = None
-    weight_init: str = "lecun"  # a key of KERNEL_INITS: how every kernel starts (`init` is a Module method)
+    weight_init: str = "lecun"  # a key of common.KERNEL_INITS: how every kernel starts (`init` is a Module method)
     kernel_init: Callable | None = None  # a callable instead (alexnet_2012's paper initialization)
     ones_bias: Sequence[str] = ()  # names of the layers whose biases start at 1 (the rest at 0)
     min_size: ClassVar[int] = 1

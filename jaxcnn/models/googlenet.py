@@ -47,7 +47,7 @@ from jaxcnn.layers import (
     global_avg_pool,
     max_pool,
 )
-from jaxcnn.models.common import check_input
+from jaxcnn.models.common import check_input, kernel_init
 from jaxcnn.models.registry import register
 
 ModuleDef = Any
@@ -68,8 +68,6 @@ INCEPTION_WIDTHS: Mapping[str, tuple[int, int, int, int, int, int]] = {
 
 # torchvision's initialisation: every conv and linear kernel ~ N(0, 0.01) (truncated at +-2, i.e. 200 std:
 # effectively untruncated). The paper's network uses Glorot ("xavier"), as the Caffe reference model does.
-TORCHVISION_INIT = nn.initializers.normal(0.01)
-GLOROT_INIT = nn.initializers.xavier_uniform()
 
 
 class Inception(nn.Module):
@@ -141,7 +139,7 @@ class GoogLeNet(nn.Module):
     pool4_window: int = 2  # the max pool before 5a (stride 2)
     aux_pool: Callable = functools.partial(adaptive_avg_pool, output_size=4)
     widths: Mapping[str, Sequence[int]] | None = None  # None: INCEPTION_WIDTHS (Table 1)
-    kernel_init: Callable = TORCHVISION_INIT
+    weight_init: str = "normal_0.01"  # a key of jaxcnn.models.common.KERNEL_INITS: how every kernel starts
     dtype: Any = jnp.float32
     axis_name: str | None = None
     min_size: ClassVar[int] = 31  # the smallest side at which every pool window fits its input
@@ -149,7 +147,7 @@ class GoogLeNet(nn.Module):
     def _conv(self, train: bool) -> ModuleDef:
         norm = (batch_norm(train, axis_name=self.axis_name, epsilon=1e-3, dtype=self.dtype)
                 if self.use_bn else None)
-        return functools.partial(ConvBN, norm=norm, dtype=self.dtype, kernel_init=self.kernel_init)
+        return functools.partial(ConvBN, norm=norm, dtype=self.dtype, kernel_init=kernel_init(self.weight_init))
 
     def _lrn(self, x):
         # Caffe's LRN (torch's form), as in the Caffe reference model of the paper's network.
@@ -164,7 +162,7 @@ class GoogLeNet(nn.Module):
         # Aux heads also run at init so that their parameters exist whichever mode `init` is called in.
         run_aux = self.aux_logits and (train or self.is_initializing())
         aux = functools.partial(AuxHead, self.num_classes, conv, self.aux_pool, self.aux_dropout,
-                                self.kernel_init, self.dtype)
+                                kernel_init(self.weight_init), self.dtype)
 
         x = x.astype(self.dtype)
         x = conv(64, 7, 2, padding=3, name="conv1")(x)
@@ -183,7 +181,8 @@ class GoogLeNet(nn.Module):
                 aux(name="aux1" if block == "4a" else "aux2")(x, train)
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init, name="fc")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=kernel_init(self.weight_init), name="fc")(
+            x)
         return x.astype(jnp.float32)
 
 
@@ -196,7 +195,7 @@ class GoogLeNet2014(GoogLeNet):
     lrn: bool = True
     pool4_window: int = 3
     aux_pool: Callable = functools.partial(avg_pool, window=5, strides=3)
-    kernel_init: Callable = GLOROT_INIT
+    weight_init: str = "glorot"
     min_size: ClassVar[int] = 224
     fixed_size: ClassVar[bool] = True
 
