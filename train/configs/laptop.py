@@ -14,8 +14,8 @@ How the numbers were chosen (see README "Results" for what each reaches here, in
   * steps: enough to pass 97% with a margin at the measured rate; evaluation every `eval_every_steps` on the
     whole validation split (only at the end where one evaluation costs minutes at 224x224).
   * initialization: the model's default (LeCun-normal / torchvision's), except He-normal for the deep plain
-    networks (VGG, ZFNet, AlexNet-2012: `model_kwargs.weight_init="he"`), whose signal LeCun's variance
-    halves at every ReLU (not NiN: its ReLU'd class maps die from He's start); the papers' N(0, 0.01) for
+    networks (VGG, ZFNet, AlexNet-2012, GoogLeNet-2014: `model_kwargs.weight_init="he"`), whose signal LeCun's
+    variance halves at every ReLU (not NiN: its ReLU'd class maps die from He's start); the papers' N(0, 0.01) for
     AlexNet starts too slowly for minutes of training (see jaxcnn.models.alexnet.alexnet_2012).
 """
 
