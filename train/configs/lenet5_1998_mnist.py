@@ -35,6 +35,7 @@ def get_config(model: str = "lenet5_1998"):
     c.batch_size = 32
     c.eval_batch_size = 500
     c.num_epochs = 20
+    c.map_loss_j = 0.1  # the paper's MAP loss (eq. 9); the paper does not give j
     c.optimizer = "adam"
     c.learning_rate = 0.001
     c.schedule = "piecewise"
