@@ -23,8 +23,8 @@ With a plain softmax cross-entropy over -y_i (no distortions, digits padded 28 -
 error (best validation 98.64%), training top-1 99.1% over the last epochs. The best-supported cause of that
 underfitting is the loss: the distances span hundreds, so the plain cross-entropy's softmax is saturated and
 an example classified with a margin of a few units stops contributing any gradient, while eq. 9 keeps pulling
-every output towards its class's bitmap until y_D ~ j. Three epochs on the 45,000 digits (Adam, the sequence x 2; training
-error on 10,000 of them): plain cross-entropy 2.19%, eq. 9 with j = 0.1 1.19%, the cross-entropy over
+every output towards its class's bitmap until y_D ~ j. Three epochs on the 45,000 digits (Adam, the sequence
+x 2; training error on 10,000 of them): plain cross-entropy 2.19%, eq. 9 with j = 0.1 1.19%, the cross-entropy over
 -0.1 y_i 1.08% (the same saturation, softened), LeCun-normal start instead of the paper's 1.78%; after one
 epoch the paper's input scale (-0.1 .. 1.175), j = 1 and the sequence x 4 changed nothing beyond noise.
 This recipe (eq. 9, j = 0.1): 1.02% test error (102 of 10,000), best validation 99.10% (99.04% by epoch 7),
