@@ -11,12 +11,12 @@ Public API (what `train.loop` uses)
     hand it to `driver.put_state` (`jaxcnn.parallel`).
 `step_functions(config, num_classes) -> (train_fn, eval_fn)`
     `train_step` / `eval_step` with the config's loss settings bound, ready for `parallel.make_driver`.
-`train_step(state, batch, *, axis_name=None, num_classes=None, label_smoothing=0., aux_loss_weight=0.)`
-    -> `(state, metrics)`. Per-device code: under a driver, `axis_name` names the device axis and gradients,
-    BatchNorm statistics and metrics are averaged over it. Metrics (float32 scalars, means over the global
-    batch): 'loss' (the optimized objective: smoothed CE + aux_loss_weight x aux CE), 'top1', 'top5',
-    'grad_norm', plus 'aux_loss' for models with auxiliary heads and 'skipped' (non-finite updates skipped so
-    far) with `config.skip_nonfinite`.
+`train_step(state, batch, *, axis_name=None, num_classes=None, label_smoothing=0., aux_loss_weight=0.,
+    map_loss_j=0.)` -> `(state, metrics)`. Per-device code: under a driver, `axis_name` names the device axis
+    and gradients, BatchNorm statistics and metrics are averaged over it. Metrics (float32 scalars, means over
+    the global batch): 'loss' (the optimized objective: smoothed CE, or LeNet-5 1998's MAP loss with
+    `map_loss_j`, + aux_loss_weight x aux CE), 'top1', 'top5', 'grad_norm', plus 'aux_loss' for models with
+    auxiliary heads and 'skipped' (non-finite updates skipped so far) with `config.skip_nonfinite`.
 `eval_step(state, batch, axis_name=None)` -> sums {'loss_sum', 'top1_sum', 'top5_sum', 'count'} over the
     examples with `batch['mask'] == 1` (all when there is no mask), summed over devices. Add them up over the
     eval set and call `summarize(sums)` for means: padded final batches are exact.
@@ -105,13 +105,22 @@ def create_train_state(model, config, rng: jax.Array, input_shape, steps_per_epo
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int | None = None,
-                  label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy in float32, with targets (1 - s) * one_hot + s / num_classes."""
+                  label_smoothing: float = 0.0, map_loss_j: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy in float32, with targets (1 - s) * one_hot + s / num_classes.
+
+    `map_loss_j` > 0 adds a constant competitor logit -j that is never a target: with logits -y_i (LeNet-5
+    1998's RBF distances) the loss becomes that paper's MAP criterion (eq. 9), y_D + log(e^-j + sum_i e^-y_i).
+    Unlike the plain cross-entropy it keeps pulling the correct output towards its RBF centre once the example
+    is classified with a wide margin (the log term stays near -j while every y_i is well above j).
+    """
     logits = logits.astype(jnp.float32)
     num_classes = logits.shape[-1] if num_classes is None else num_classes
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
+    if map_loss_j:
+        logits = jnp.concatenate([logits, jnp.full(logits.shape[:-1] + (1,), -map_loss_j, jnp.float32)], -1)
+        targets = jnp.concatenate([targets, jnp.zeros(targets.shape[:-1] + (1,), jnp.float32)], -1)
     return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -169,7 +178,7 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, num_classes: int | None = None,
                label_smoothing: float = 0.0, aux_loss_weight: float = 0.0,
-               frozen_backbone: bool = False) -> tuple[TrainState, dict]:
+               frozen_backbone: bool = False, map_loss_j: float = 0.0) -> tuple[TrainState, dict]:
     """One SGD step on this device's part of the batch; see the module docstring.
 
     With `frozen_backbone` (config.freeze_backbone: only the head learns) the model runs in inference mode,
@@ -184,7 +193,7 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
         logits, new_vars = state.apply_fn(variables, images, train=not frozen_backbone,
                                           rngs={"dropout": dropout_key(state, axis_name)},
                                           mutable=["batch_stats", "aux"])
-        loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing))
+        loss = jnp.mean(cross_entropy(logits, labels, num_classes, label_smoothing, map_loss_j))
         # Each leaf of the sown 'aux' collection is one auxiliary head's logits (none outside GoogLeNet/Inception).
         aux_losses = [jnp.mean(cross_entropy(a, labels, num_classes, label_smoothing))
                       for a in jax.tree.leaves(new_vars.get("aux", {}))]
@@ -232,7 +241,8 @@ def step_functions(config, num_classes: int) -> tuple[Callable, Callable]:
     """`train_step` and `eval_step` with the config's loss settings bound (axis_name is left to the driver)."""
     train_fn = functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing,
                                  aux_loss_weight=config.aux_loss_weight,
-                                 frozen_backbone=bool(config.freeze_backbone))
+                                 frozen_backbone=bool(config.freeze_backbone),
+                                 map_loss_j=float(config.get("map_loss_j", 0.0)))
     return train_fn, eval_step
 
 

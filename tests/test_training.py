@@ -150,6 +150,20 @@ def test_label_smoothing_changes_the_loss_by_the_hand_computed_amount():
     np.testing.assert_allclose(training.cross_entropy(logits, labels, 4, smoothing), [expected], rtol=1e-6)
 
 
+def test_map_loss_is_lecun_1998_eq_9_by_hand():
+    distances = np.array([[3.0, 0.5, 7.0], [0.2, 4.0, 9.0]], np.float32)  # RBF outputs y_i; logits are -y_i
+    labels, j = np.array([1, 0]), 0.1
+    # Eq. 9: y_D + log(e^-j + sum_i e^-y_i), with y_D the correct class's distance.
+    expected = [y[d] + np.log(np.exp(-j) + np.sum(np.exp(-y))) for y, d in zip(distances.astype(np.float64), labels)]
+    np.testing.assert_allclose(training.cross_entropy(-distances, labels, map_loss_j=j), expected, rtol=1e-6)
+    # A well-classified example keeps a gradient towards its centre: d loss / d y_D stays near
+    # 1 - e^-y_D / (e^-j + sum_i e^-y_i) ~ 0.5 here, where the plain cross-entropy's has almost vanished.
+    grad = jax.grad(lambda y: training.cross_entropy(-y, labels[:1], map_loss_j=j)[0])(distances[:1])
+    plain = jax.grad(lambda y: training.cross_entropy(-y, labels[:1])[0])(distances[:1])
+    np.testing.assert_allclose(grad[0, 1], 1 - np.exp(-0.5) / (np.exp(-j) + np.exp(-distances[0]).sum()), rtol=1e-5)
+    assert float(grad[0, 1]) > 0.4 and float(plain[0, 1]) < 0.1
+
+
 def test_top1_top5_counts():
     logits = np.array([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 6]], np.float32)
     labels = np.array([6, 5, 1])  # rank 0, rank 5, rank 5

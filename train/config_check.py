@@ -86,6 +86,7 @@ RULES: dict[str, Range] = {
     "weight_decay": _fraction(),
     "grad_clip_norm": Range(0, 1e6),
     "label_smoothing": _fraction(),
+    "map_loss_j": Range(0, 1000),  # 0: off (plain cross-entropy)
     "aux_loss_weight": Range(0, 100),
     "warmup_epochs": Range(0, 1_000_000),
     "step_decay_epochs": Range(0, 1_000_000, open_low=True),

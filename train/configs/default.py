@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # masked to conv/dense kernels
     c.grad_clip_norm = 0.0  # 0: off
     c.label_smoothing = 0.0
+    c.map_loss_j = 0.0  # > 0: LeNet-5 1998's MAP loss, a constant competitor logit -j (jaxcnn.training); 0: off
     c.aux_loss_weight = 0.3  # GoogLeNet/Inception auxiliary heads (the paper's 0.3)
 
     c.schedule = "constant"  # constant | piecewise | step | cosine | plateau
