@@ -89,12 +89,13 @@ def run_loop(config, epochs: int) -> tuple[float, float, dict]:
 
 def measure(config, rounds: int, steps: int) -> dict:
     images_per_epoch = (10_000 // config.batch_size) * config.batch_size  # embedded_mnist: 10,000 train images
-    warm = config.copy_and_resolve_references()
-    warm.num_train_steps = 2  # compiles (into the persistent cache) every program the measured runs use
-    with tempfile.TemporaryDirectory() as workdir:
-        loop.train_and_evaluate(warm, workdir)
     with tempfile.TemporaryDirectory() as workdir:  # the steps per call the loop runs (config.steps_per_call)
         steps_per_call = loop.setup(config.copy_and_resolve_references(), Path(workdir)).steps_per_call
+    warm = config.copy_and_resolve_references()
+    # Compiles (into the persistent cache) every program the measured runs use: one step, and k in one call.
+    warm.num_train_steps = 2 * steps_per_call
+    with tempfile.TemporaryDirectory() as workdir:
+        loop.train_and_evaluate(warm, workdir)
     loop_wall, loop_cpu, bare_wall, bare_cpu, top1, bare_k_cpu = [], [], [], [], [], []
     for _ in range(rounds):
         w1, c1, _ = run_loop(config, 1)
