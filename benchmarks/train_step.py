@@ -77,9 +77,11 @@ def random_batch(model_name: str, batch_size: int | None = None, image_size: int
             "label": rng.integers(0, spec.num_classes, batch_size).astype(np.int32)}
 
 
-def compile_step(model_name: str, batch: dict, dtype: str = "float32"):
+def compile_step(model_name: str, batch: dict, dtype: str = "float32", steps_per_call: int = 1):
     """Our train step for `model_name`, jitted with the state donated as in the trainer, and compiled for
-    `batch`; runs it once. Returns (compiled step, model, state after that step, seconds to compile and run it)."""
+    `batch` (with steps_per_call > 1: k steps in one call on `batch` stacked k times, as the trainer's
+    config.steps_per_call); runs it once. Returns (compiled step, model, state after that call, seconds to
+    compile and run it)."""
     spec = get_spec(model_name)
     config = default.get_config()
     config.model = model_name
@@ -87,9 +89,9 @@ def compile_step(model_name: str, batch: dict, dtype: str = "float32"):
     config.learning_rate, config.momentum = 0.01, 0.9
     num_classes = spec.num_classes
     model = get_model(model_name, num_classes=num_classes, dtype=training.model_dtype(config))
-    state = training.create_train_state(model, config, jax.random.key(0), batch["image"].shape[1:], 100)
+    state = training.create_train_state(model, config, jax.random.key(0), batch["image"].shape[-3:], 100)
     train_fn, _ = training.step_functions(config, num_classes)
-    step = jax.jit(train_fn, donate_argnums=0)
+    step = jax.jit(train_fn if steps_per_call == 1 else training.scanned(train_fn), donate_argnums=0)
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -98,9 +100,12 @@ def compile_step(model_name: str, batch: dict, dtype: str = "float32"):
     return compiled, model, state, time.perf_counter() - t0
 
 
-def bench_ours(model_name: str, batch: dict, steps: int, dtype: str = "float32") -> dict:
+def bench_ours(model_name: str, batch: dict, steps: int, dtype: str = "float32", steps_per_call: int = 1) -> dict:
+    """Seconds per step (a call of `steps_per_call` steps, divided by it) and the step's cost figures."""
+    if steps_per_call > 1:
+        batch = {k: np.stack([v] * steps_per_call) for k, v in batch.items()}
     batch = jax.device_put(batch)
-    compiled, model, state, compile_s = compile_step(model_name, batch, dtype)
+    compiled, model, state, compile_s = compile_step(model_name, batch, dtype, steps_per_call)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -111,8 +116,10 @@ def bench_ours(model_name: str, batch: dict, steps: int, dtype: str = "float32")
         holder["state"], m = compiled(holder["state"], batch)
         jax.block_until_ready(m)
 
-    seconds = time_steps(run, steps)
-    return {"seconds": seconds, "compile_s": compile_s, "flops_per_step": flops,
+    seconds = time_steps(run, steps) / steps_per_call
+    if steps_per_call > 1:  # the memory bound of one step
+        batch = jax.tree.map(lambda x: x[0], batch)
+    return {"seconds": seconds, "compile_s": compile_s, "flops_per_step": flops / steps_per_call,
             "peak_rss_mb": peak_rss_mb(), **memory_bound(model, holder["state"], batch, compiled)}
 
 
@@ -155,7 +162,9 @@ def torch_model(model_name: str, num_classes: int):
     return getattr(torchvision.models, model_name)(weights=None, num_classes=num_classes, **kwargs)
 
 
-def bench_torch(model_name: str, batch: dict, steps: int) -> float:
+def bench_torch(model_name: str, batch: dict, steps: int, steps_per_call: int = 1) -> float:
+    """Seconds per step; with steps_per_call > 1 each timed call is that many steps in a Python loop (the
+    same k as ours)."""
     import torch
 
     torch.manual_seed(0)
@@ -166,12 +175,13 @@ def bench_torch(model_name: str, batch: dict, steps: int) -> float:
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def run():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        for _ in range(steps_per_call):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
 
-    return time_steps(run, steps)
+    return time_steps(run, steps) / steps_per_call
 
 
 KERAS_APPS = {"vgg16": "VGG16", "resnet50": "ResNet50", "inception_v3": "InceptionV3",
@@ -209,6 +219,8 @@ def main(argv=None) -> dict:
                              "(keras.applications on Keras's JAX backend), torch,keras, or none")
     parser.add_argument("--json", default=None)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--steps_per_call", type=int, default=1,
+                        help="ours: k steps in one jitted call (config.steps_per_call); torch: k in a Python loop")
     args = parser.parse_args(argv)
     peers = set(args.vs.split(",")) - {"none"}
     if peers - {"torch", "keras"}:
@@ -218,10 +230,11 @@ def main(argv=None) -> dict:
     batch_size, size = batch["image"].shape[:2]
 
     baseline_rss = peak_rss_mb()  # the interpreter, jax and our imports, before any model exists
-    ours = bench_ours(args.model, batch, args.steps, args.dtype)
+    ours = bench_ours(args.model, batch, args.steps, args.dtype, args.steps_per_call)
     peak = matmul_peak_flops()
     result = {
         "model": args.model, "dtype": args.dtype, "batch_size": batch_size, "image_size": size,
+        "steps_per_call": args.steps_per_call,
         "images_per_sec": batch_size / ours["seconds"],
         "torch_images_per_sec": None, "ratio": None, "keras_images_per_sec": None, "keras_ratio": None,
         "compile_s": ours["compile_s"],
@@ -236,7 +249,8 @@ def main(argv=None) -> dict:
         "device": str(jax.devices()[0]),
     }
     if "torch" in peers:
-        result["torch_images_per_sec"] = batch_size / bench_torch(args.model, batch, args.steps)
+        result["torch_images_per_sec"] = batch_size / bench_torch(args.model, batch, args.steps,
+                                                                  args.steps_per_call)
         result["ratio"] = result["images_per_sec"] / result["torch_images_per_sec"]
     if "keras" in peers:
         result["keras_images_per_sec"] = batch_size / bench_keras(args.model, batch, args.steps)

@@ -11,6 +11,7 @@ and moves state and batches::
     model = get_model(name, axis_name=driver.axis_name, ...)           # BatchNorm's axis (None under jit)
     state = driver.put_state(create_train_state(model, ...))          # host copy -> devices
     state, metrics = driver.train_step(state, batch)                   # numpy global batch; state donated
+    state, metrics = driver.train_steps(state, batches)                # 'single' only: k stacked batches
     sums = driver.eval_step(state, eval_batch)                         # host numpy sums, exact with a mask
     state = driver.update_plateau(state, val_loss)                     # after each evaluation
     host_state = driver.get_state(state)                               # one host copy (for checkpoints)
@@ -52,7 +53,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn.errors import first_line
-from jaxcnn.training import update_plateau
+from jaxcnn.training import scanned, update_plateau
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,9 @@ class SingleDriver:
     def __init__(self, train_step_fn: Callable, eval_step_fn: Callable, devices: Sequence | None = None):
         self.device = (devices or jax.local_devices())[0]
         self.num_devices = 1
-        self._train = jax.jit(functools.partial(train_step_fn, axis_name=None), donate_argnums=(0,))
+        step = functools.partial(train_step_fn, axis_name=None)
+        self._train = jax.jit(step, donate_argnums=(0,))
+        self._train_many = jax.jit(scanned(step), donate_argnums=(0,))  # compiled on first use
         self._eval = jax.jit(functools.partial(eval_step_fn, axis_name=None))
         self._plateau = jax.jit(update_plateau, donate_argnums=(0,))
 
@@ -324,6 +327,10 @@ class SingleDriver:
 
     def train_step(self, state, batch: dict):
         return self._train(state, self.put_batch(batch))
+
+    def train_steps(self, state, batches: dict):
+        """k steps in one call (config.steps_per_call): `batches` stacked [k, B, ...]; metrics [k] each."""
+        return self._train_many(state, self.put_batch(batches))
 
     def eval_step(self, state, batch: dict) -> dict:
         return jax.device_get(self._eval(state, self.put_batch(batch)))

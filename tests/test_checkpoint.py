@@ -267,6 +267,43 @@ def test_resumed_run_is_bit_identical(tmp_path):
     assert losses[0][2 * N] < 0.8 * losses[0][1]  # it learns: identical params are not untouched params
 
 
+def test_several_steps_per_call_keep_periods_and_resume_exactly(tmp_path, monkeypatch):
+    """config.steps_per_call=4 (the 'single' driver): calls never cross a logged step (every 6: a call of 4,
+    then 2 single steps), a run stopped at N and resumed ends bit-identical to an uninterrupted one, and both
+    match the one-step-per-call run to fp32 rounding."""
+    from jaxcnn import parallel
+    from train import loop
+
+    calls = []
+    train_steps = parallel.SingleDriver.train_steps
+    monkeypatch.setattr(parallel.SingleDriver, "train_steps",
+                        lambda self, state, batches: calls.append(len(batches["label"])) or
+                        train_steps(self, state, batches))
+    config_file = write_config(tmp_path / "tiny.py", batch_size=512, eval_batch_size=512, eval_steps=1,
+                               learning_rate=0.05, log_every_steps=6, checkpoint_every_steps=1000,
+                               eval_every_steps=1000, num_train_steps=2 * N, parallel="single", steps_per_call=4)
+    straight, split, single = tmp_path / "straight", tmp_path / "split", tmp_path / "single"
+    loop.train_and_evaluate(load_config(config_file), straight)
+    assert calls == [4] * 4  # 0-4, 6-10, 12-16, 18-22; the rest single steps
+    loop.train_and_evaluate(load_config(config_file, num_train_steps=N), split)
+    assert ckpt.list_steps(split) == [N]
+    loop.train_and_evaluate(load_config(config_file), split)
+    loop.train_and_evaluate(load_config(config_file, steps_per_call=1), single)
+    assert len(calls) == 8
+
+    a, b, c = (raw_state(w, 2 * N) for w in (straight, split, single))
+    assert int(a["step"]) == 2 * N
+    assert_same_tree(a, b)
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(c["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    logs = [[json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
+            for w in (straight, split, single)]
+    losses = [{r["step"]: r["loss"] for r in log if r["split"] == "train"} for log in logs]
+    assert list(losses[0]) == [6, 12, 18, 24] and losses[0] == losses[1]
+    np.testing.assert_allclose(list(losses[0].values()), list(losses[2].values()), rtol=1e-5)
+    assert losses[0][2 * N] < 0.8 * losses[0][6]  # it learns
+
+
 def test_init_from_saved_variables_with_a_frozen_backbone(tmp_path):
     """--init_from loads saved variables; freeze_backbone trains the head only; a class-count mismatch stops
     before any step."""

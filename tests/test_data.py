@@ -96,6 +96,31 @@ def test_epoch_is_a_function_of_seed_and_epoch_and_resumes():
     assert _batches(pipe, 0, skip=10) == []
 
 
+def test_in_memory_epochs_are_whole_permutations_whose_global_batches_ignore_the_process_count():
+    # The embedded split is shuffled in numpy: every example once an epoch, a new order each epoch, and the
+    # examples of global batch b the same whether one process reads it or four share it.
+    images = embedded.load("validation")[0].reshape(2000, -1)
+
+    source_row = {row.tobytes(): i for i, row in enumerate(images)}  # the split has no duplicate images
+
+    def rows(batch):
+        pixels = np.round(batch["image"] * 255).astype(np.uint8).reshape(len(batch["image"]), -1)
+        return [source_row[p.tobytes()] for p in pixels]
+
+    def global_batches(count, epoch=0):
+        """The source rows of each global batch of 200, read by `count` processes."""
+        parts = [_batches(make_pipeline("embedded_mnist", "validation", batch_size=200 // count,
+                                        image_shape=(28, 28, 1), train=True, seed=0, normalize="none",
+                                        process_index=p, process_count=count), epoch) for p in range(count)]
+        return [sorted(r for part in batch for r in rows(part)) for batch in zip(*parts, strict=True)]
+
+    assert len({row.tobytes() for row in images}) == 2000
+    one = global_batches(1)
+    assert len(one) == 10 and sorted(r for b in one for r in b) == list(range(2000))  # each example once
+    assert one[0] != list(range(200)) and one != global_batches(1, epoch=1)  # shuffled, anew each epoch
+    assert global_batches(4) == one
+
+
 # -------------------------------------------------------------------------------- eval padding, sharding
 
 

@@ -251,3 +251,21 @@ def test_pmap_over_one_device_is_plain_jit(reference, tmp_path, monkeypatch):
     assert setup.setup(config, tmp_path).driver.kind == "single"
     config.parallel = "shard_map"  # asked for by name: kept
     assert setup.setup(config, tmp_path).driver.kind == "shard_map"
+
+
+def test_several_steps_per_call_run_on_one_device_and_are_refused_elsewhere_in_one_line(tmp_path, monkeypatch):
+    from train import setup
+
+    config = get_config()
+    config.steps_per_call = -1  # several where the driver can: the 'single' driver only
+    assert setup.setup(config, tmp_path).steps_per_call == 1  # pmap over 8 devices here
+    config.steps_per_call = 4
+    with pytest.raises(ValueError) as refused:
+        setup.setup(config, tmp_path)
+    assert "steps_per_call=4" in str(refused.value) and "8 devices" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    config.parallel = "single"
+    assert setup.setup(config, tmp_path).steps_per_call == 4
+    monkeypatch.setattr(jax, "device_count", lambda: 1)  # pmap over one device: the 'single' driver
+    config.parallel, config.steps_per_call = "pmap", -1
+    assert setup.setup(config, tmp_path).steps_per_call == setup.AUTO_STEPS_PER_CALL > 1

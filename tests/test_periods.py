@@ -29,8 +29,23 @@ def test_logging_about_every_percent_but_not_more_often_than_every_ten_steps():
 
 def test_the_recipes_that_set_periods_keep_them():
     lenet5 = recipe_for("lenet5")  # the default command's recipe: 10 epochs of the embedded subset
-    assert periods.log_every(lenet5, 3_120) == lenet5.log_every_steps == 50
+    assert periods.log_every(lenet5, 3_120) == lenet5.log_every_steps == 48  # a multiple of its 8 steps a call
     assert lenet5.eval_every_steps == -1 and periods.eval_every(lenet5, 312, 2_000) == 624
     resnet50 = recipe_for("resnet50", "imagenet2012")  # ImageNet: 50,000 validation images per 1.28M training images
     assert periods.log_every(resnet50, 450_000) == resnet50.log_every_steps == 100
     assert periods.eval_every(resnet50, 5_004, 50_000) == 5_004
+
+
+def test_calls_of_several_steps_end_where_the_loop_logs_evaluates_checkpoints_or_stops():
+    def lengths(k, period_list, end, step=0):
+        out = []
+        while step < end:
+            out.append(periods.call_length(step, k, period_list, end))
+            step += out[-1]
+        return out
+
+    assert lengths(4, (6, 1000), 14) == [4, 1, 1, 4, 1, 1, 1, 1]  # 0-4, 4, 5 | 6-10, 10, 11 | 12, 13 (end 14)
+    assert lengths(4, (6, 1000), 14, step=5) == [1, 4, 1, 1, 1, 1]  # resumed mid-way: the same calls on
+    assert lengths(1, (6,), 5) == [1] * 5
+    # lenet5's recipe (8 a call on one device; log 48, evaluate 624, 3120 steps): no call is split.
+    assert set(lengths(8, (48, 624, 100_000), 3_120)) == {8}

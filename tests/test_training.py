@@ -378,3 +378,31 @@ def test_unknown_names_are_refused():
         optim.build_schedule(make_config(schedule="linear"), 10)
     with pytest.raises(ValueError, match="float32, bfloat16"):
         training.model_dtype(make_config(dtype="int8"))
+
+
+def test_k_steps_in_one_call_equal_k_single_steps(tiny_vars):
+    """config.steps_per_call: k steps in one jitted call (lax.scan over stacked batches) give the parameters
+    of k calls of one step. A warm-up changes the learning rate every step and the dropout keys fold in the
+    step number: both must advance per step, not per call."""
+    config = make_config(schedule="cosine", learning_rate=0.1, warmup_epochs=0.5, num_epochs=1)
+    model = TinyNet(dropout=0.3)
+    batches = [tiny_batch(seed=i) for i in range(4)]
+    driver = parallel.make_driver("single", *training.step_functions(config, 4))
+    singles, losses = driver.put_state(tiny_state(tiny_vars, config, model)), []
+    for batch in batches:
+        singles, metrics = driver.train_step(singles, batch)
+        losses.append(float(metrics["loss"]))
+    stacked = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+    one_call, metrics = driver.train_steps(driver.put_state(tiny_state(tiny_vars, config, model)), stacked)
+    assert int(one_call.step) == 4 and metrics["loss"].shape == (4,)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-6)
+    assert len(set(losses)) == 4  # four different steps, not one repeated
+    for name in ("params", "batch_stats", "opt_state"):
+        for a, b in zip(jax.tree.leaves(getattr(singles, name)), jax.tree.leaves(getattr(one_call, name))):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7, err_msg=name)
+    # Two calls of two steps continue where the first call left off.
+    halves = driver.put_state(tiny_state(tiny_vars, config, model))
+    for part in (slice(0, 2), slice(2, 4)):
+        halves, _ = driver.train_steps(halves, {key: v[part] for key, v in stacked.items()})
+    for a, b in zip(jax.tree.leaves(singles.params), jax.tree.leaves(halves.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)

@@ -95,6 +95,7 @@ RULES: dict[str, Range] = {
     "plateau_patience": Range(0, 1_000_000, integer=True),
     "plateau_cooldown": Range(0, 1_000_000, integer=True),
     "seed": Range(0, INT32_MAX, integer=True),
+    "steps_per_call": Range(1, 1024, integer=True, also=(-1,)),
     "max_consecutive_nonfinite": Range(1, 1_000_000, integer=True),
     "log_every_steps": _steps(also=(-1,)),
     "eval_every_steps": _steps(also=(-1,)),
@@ -207,9 +208,10 @@ def unparsable_flag_message(error: Exception) -> str:
 
 
 # Fields a resume may change without changing the training: periods of logs and checkpoints, where the data
-# lies, the multi-device driver (pmap and shard_map compute the same steps).
+# lies, the multi-device driver (pmap and shard_map compute the same steps), the steps per host call (the same
+# steps to fp32 rounding, tests/test_training.py).
 SAFE_FIELDS = frozenset({"log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "data_dir",
-                         "parallel"})
+                         "parallel", "steps_per_call"})
 # Safe unless the schedule reads them: the run's length shapes a cosine decay, and the evaluations drive
 # reduce-on-plateau.
 SAFE_UNLESS_SCHEDULE = {"num_epochs": "cosine", "num_train_steps": "cosine", "eval_every_steps": "plateau",

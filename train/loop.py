@@ -10,6 +10,10 @@ Reproducibility: one root key from `config.seed`; the train step derives each st
 state and the data position (epoch, batch), so a resumed run replays exactly the batches and keys an
 uninterrupted run would have seen and ends bit-identical to it.
 
+Several steps per host call (`config.steps_per_call`, the 'single' driver): `calls` stacks k batches for one
+jitted call of k steps; calls end where the loop logs, evaluates or checkpoints (train/periods.py), so every
+period, the data position and the resume are as with one step per call.
+
 Interruptions: SIGTERM and SIGINT make the loop save a checkpoint at the current step and return with
 `interrupted` set (train/signals.py).
 
@@ -27,9 +31,10 @@ devices).
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterator
 
 import jax
 import ml_collections
@@ -54,7 +59,7 @@ __all__ = ["train_and_evaluate", "evaluate", "setup", "make_pipeline", "initial_
 
 
 def poisoned(batch: dict) -> dict:
-    """The batch with NaN images (config.debug_nan_step); a batch already on the device stays there."""
+    """The batch with NaN images (config.debug_nan_step)."""
     return {**batch, "image": batch["image"] * np.float32(np.nan)}
 
 
@@ -66,6 +71,20 @@ def batches(pipeline, position: ckpt.Position, steps_per_epoch: int) -> Iterator
             after = ckpt.Position(epoch, i + 1) if i + 1 < steps_per_epoch else ckpt.Position(epoch + 1, 0)
             yield after, batch
         epoch, skip = epoch + 1, 0
+
+
+def calls(items: Iterator[tuple[ckpt.Position, dict]], step: int, length: Callable[[int], int],
+          debug_nan_step: int = -1) -> Iterator[tuple[tuple[ckpt.Position, int], dict]]:
+    """((position after the call, its step count), its batch) for host calls from `step` on: `length(step)`
+    batches of `items` per call, one as it is or several stacked [k, B, ...]; the batch of step
+    `debug_nan_step` poisoned."""
+    while True:
+        count = length(step)
+        taken = [next(items) for _ in range(count)]
+        parts = [poisoned(b) if step + i + 1 == debug_nan_step else b for i, (_, b) in enumerate(taken)]
+        batch = parts[0] if count == 1 else {key: np.stack([b[key] for b in parts]) for key in parts[0]}
+        yield (taken[-1][0], count), batch
+        step += count
 
 
 def restore(checkpoints: ckpt.Checkpoints, state) -> tuple[object, ckpt.Position]:
@@ -116,20 +135,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                  skip_nonfinite=config.skip_nonfinite,
                                  last_checkpoint=lambda: max(checkpoints.steps(), default=0))
     last_eval, interrupted = None, None
+    call_length = functools.partial(periods.call_length, steps_per_call=s.steps_per_call, end=num_steps,
+                                    periods=(log_every, eval_every, config.checkpoint_every_steps))
 
     with StopSignals(synchronized=jax.process_count() > 1) as stop:
         try:
-            stream = prefetch_to_device(batches(train_data, position, steps_per_epoch), driver.put_batch)
+            stream = prefetch_to_device(calls(batches(train_data, position, steps_per_epoch), step, call_length,
+                                              config.debug_nan_step), driver.put_batch)
             while step < num_steps and not stop.received:
-                position, batch = next(stream)
-                if step + 1 == config.debug_nan_step:
-                    batch = poisoned(batch)
-                device_state, metrics = driver.train_step(device_state, batch)
-                step += 1
+                (position, count), batch = next(stream)
+                if count == 1:
+                    device_state, metrics = driver.train_step(device_state, batch)
+                else:
+                    device_state, metrics = driver.train_steps(device_state, batch)
+                step += count
                 progress.step(step)
-                train_metrics.add(metrics)
+                train_metrics.add(metrics, steps=count)
                 is_last = step == num_steps
-                stopping = stop.check(step)  # every step: multi-process runs agree on the step to stop at
+                stopping = stop.check(step)  # every call: multi-process runs agree on the step to stop at
                 if step % log_every == 0 or is_last or stopping:
                     train_metrics.flush(step)
                 if step % eval_every == 0 or is_last:

@@ -11,11 +11,16 @@ subset (2,000 validation images per 10,000 training images: 6.7% an epoch) is ev
 ImageNet, CIFAR and full MNIST (1-4%) every epoch. Runs scheduled on the validation loss (reduce-on-plateau)
 keep one evaluation per epoch: their patience counts evaluations. The loop also logs and evaluates at the
 last step, whatever the period.
+
+Several steps per host call (config.steps_per_call = k): a call never runs past a step where the loop logs,
+evaluates, checkpoints or ends; where fewer than k steps are left before one, they run one by one (two compiled
+programs in all, not one per call length).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 LOG_FRACTION = 0.01
 MIN_LOG_STEPS = 10
@@ -43,3 +48,10 @@ def eval_every(config, steps_per_epoch: int, eval_split_size: int) -> int:
                                                                    config.eval_steps * config.eval_batch_size)
     cost_per_epoch = FORWARD_SHARE * evaluated / (steps_per_epoch * config.batch_size)
     return max(1, math.ceil(cost_per_epoch / EVAL_BUDGET - 1e-9)) * steps_per_epoch
+
+
+def call_length(step: int, steps_per_call: int, periods: Sequence[int], end: int) -> int:
+    """Steps in the host call after `step`: `steps_per_call` when that many reach neither past the next
+    multiple of any of `periods` (the steps where the loop logs, evaluates, checkpoints) nor past `end`, else 1."""
+    to_next = min([end - step] + [p - step % p for p in periods])
+    return steps_per_call if steps_per_call <= to_next else 1

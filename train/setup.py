@@ -42,6 +42,7 @@ class Setup:
     image_shape: tuple[int, int, int]
     metadata: dict
     driver: Any  # jaxcnn.parallel driver around the jitted steps
+    steps_per_call: int = 1  # train steps per host call (config.steps_per_call resolved for the driver)
 
 
 def image_shape_for(config, spec: models.ModelSpec) -> tuple[int, int, int]:
@@ -67,6 +68,7 @@ def setup(config, workdir: str | Path) -> Setup:
                                   *training.step_functions(config, None))
     for size, flag in ((config.batch_size, "batch_size"), (config.eval_batch_size, "eval_batch_size")):
         parallel.check_divisible(int(size), driver.num_devices, flag)
+    steps_per_call = resolve_steps_per_call(int(config.get("steps_per_call", 1)), driver)
 
     def build(num_classes):
         return models.get_model(config.model, num_classes=num_classes, dtype=training.model_dtype(config),
@@ -82,7 +84,25 @@ def setup(config, workdir: str | Path) -> Setup:
     metadata = dict(model=config.model, num_classes=num_classes, image_shape=list(image_shape),
                     dataset=config.dataset, config=config_check.plain(config))
     ckpt.check_compatible(workdir, metadata)
-    return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver)
+    return Setup(config, spec, build(num_classes), num_classes, image_shape, metadata, driver, steps_per_call)
+
+
+# Steps per host call where config.steps_per_call is -1 and the driver can: lenet5's step (batch 32) costs ~9 ms
+# of CPU alone and ~8% less in calls of 8 (benchmarks/NOTES.md row 33); more buys little and compiles longer.
+AUTO_STEPS_PER_CALL = 8
+
+
+def resolve_steps_per_call(asked: int, driver) -> int:
+    """Train steps per host call: `asked`, or for -1 AUTO_STEPS_PER_CALL where the driver runs several steps
+    in one call (the 'single' driver), else 1. Raises ValueError (one line) for k > 1 on another driver."""
+    can = hasattr(driver, "train_steps")
+    if asked == -1:
+        return AUTO_STEPS_PER_CALL if can else 1
+    if asked > 1 and not can:
+        raise ValueError(f"--config.steps_per_call={asked} runs on one device only (the 'single' driver), not "
+                         f"under {driver.kind!r} over {driver.num_devices} devices: use --config.steps_per_call=1 "
+                         f"(or -1: several where the driver can)")
+    return asked
 
 
 def driver_kind(kind: str, device_count: int) -> str:

@@ -34,25 +34,26 @@ class TrainMetrics:
     def _start(self, first_step: int, tick: float) -> None:
         self.window, self.first_step, self.tick, self.images = [], first_step, tick, 0
 
-    def add(self, metrics: dict) -> None:
-        """The metrics of one more step (the global batch)."""
+    def add(self, metrics: dict, steps: int = 1) -> None:
+        """The metrics of one more host call: one step's (scalars), or `steps` steps' stacked [steps]."""
         self.window.append(metrics)
-        self.images += self.batch_size
+        self.images += self.batch_size * steps
 
     def flush(self, step: int) -> dict:
         """Check and log the pending metrics as of `step` (their means; {} when none are pending); raise
         TrainingError on a non-finite loss unless skipping."""
         if not self.window:
             return {}
-        bad = first_nonfinite(self.window, self.first_step)
+        steps = per_step(self.window)
+        bad = first_nonfinite(steps["loss"], self.first_step)
         if bad is not None and not self.skip_nonfinite:
             raise TrainingError(f"non-finite loss at step {bad}: stopping; the last checkpoint "
                                 f"(step {self.last_checkpoint()}) holds the last good state")
-        fetched = jax.device_get(self.window)
-        if "skipped" in fetched[-1]:  # the optimizer's own count of the updates apply_if_finite skipped
-            self.skipped = int(np.max(np.asarray(fetched[-1]["skipped"])))
-        finite = [m for m in fetched if np.all(np.isfinite(np.asarray(m["loss"])))]
-        means = mean_metrics(finite) if finite else {k: float("nan") for k in ("loss", "top1", "top5")}
+        if "skipped" in steps:  # the optimizer's own count of the updates apply_if_finite skipped
+            self.skipped = int(np.max(steps["skipped"]))
+        finite = np.isfinite(steps["loss"])
+        means = ({k: float(np.mean(v[finite])) for k, v in steps.items() if k in MEANS} if finite.any()
+                 else {k: float("nan") for k in ("loss", "top1", "top5")})
         now = time.perf_counter()
         rate = self.images / max(now - self.tick, 1e-9)
         extra = {"skipped_nonfinite": self.skipped} if self.skip_nonfinite else {}
@@ -62,16 +63,17 @@ class TrainMetrics:
         return means
 
 
-def mean_metrics(window: list[dict]) -> dict:
-    """Host means over the steps of a logging window (each value averaged over devices too)."""
+MEANS = ("loss", "top1", "top5", "aux_loss")  # the metrics logged as means over the window's steps
+
+
+def per_step(window: list[dict]) -> dict[str, np.ndarray]:
+    """The window's metrics on the host, one value per step: host calls of one step give scalars, calls of
+    k steps (config.steps_per_call) arrays [k]."""
     fetched = jax.device_get(window)
-    keys = [k for k in fetched[0] if k in ("loss", "top1", "top5", "aux_loss")]
-    return {k: float(np.mean([np.mean(np.asarray(m[k])) for m in fetched])) for k in keys}
+    return {k: np.concatenate([np.ravel(np.asarray(m[k])) for m in fetched]) for k in fetched[0]}
 
 
-def first_nonfinite(window: list[dict], first_step: int) -> int | None:
-    """The step of the first non-finite loss in the window, or None."""
-    for i, m in enumerate(jax.device_get(window)):
-        if not np.all(np.isfinite(np.asarray(m["loss"]))):
-            return first_step + i
-    return None
+def first_nonfinite(losses: np.ndarray, first_step: int) -> int | None:
+    """The step of the first non-finite loss of a window's `losses` (one a step), or None."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return first_step + int(bad[0]) if len(bad) else None

@@ -27,7 +27,9 @@ Contract
     Eval (train=False): source order, no augmentation, the last batch padded to batch_size with zero images
     and mask 0, so every batch divides over devices; the count of mask == 1 over an epoch is the split size.
   * Shuffling: a buffer of `shuffle_buffer` examples; image folders, listed class by class, first have their
-    whole file list permuted, so that batches mix the classes however small the buffer.
+    whole file list permuted, so that batches mix the classes however small the buffer. Splits held in memory
+    (embedded MNIST) are permuted whole in numpy, one permutation per (seed, epoch) (shuffle_buffer=1: source
+    order), and gathered batch by batch; the examples of a global batch then do not depend on the host count.
   * Determinism: an epoch is a pure function of (seed, epoch). The shuffle is seeded from (seed, epoch) and
     every random op of an example from (seed, epoch, example index), whatever its batch, host or resume
     position (augmentation runs on whole batches, with per-example draws: jaxcnn.data.augment), so

@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # bfloat16: compute in bf16, params and optimizer state in fp32
     c.parallel = "pmap"  # pmap | shard_map | jit | fsdp (README "Parallel training"); pmap on one device: plain jit
     c.seed = 0
+    # k > 1: k train steps per host call (one program, lax.scan), for steps of a few ms where the dispatch and
+    # the loop's per-step host work show; the 'single' driver only (one device). -1: AUTO_STEPS_PER_CALL where
+    # the driver can, else 1 (train/setup.py). Calls end where the loop logs, evaluates or checkpoints.
+    c.steps_per_call = 1
     c.skip_nonfinite = False  # True: skip non-finite updates (optax.apply_if_finite) instead of stopping
     c.max_consecutive_nonfinite = 10  # with skip_nonfinite: give up skipping after this many in a row
 
