@@ -133,6 +133,8 @@ MODELS: dict[str, dict[str, Any]] = {
               "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0}
        for name in ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
                     "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")},
+    # vgg16's 500 steps: 96.85% in 6.6 min (load 5.3 -> 4.8); its step costs ~2/3 of vgg16's, so 700.
+    "vgg11": {"num_train_steps": 700, "eval_every_steps": 350},
     "vgg11_bn": {"learning_rate": 1e-3}, "vgg13_bn": {"learning_rate": 1e-3}, "vgg16_bn": {"learning_rate": 1e-3},
     "vgg19_bn": {"learning_rate": 1e-3},
 }
