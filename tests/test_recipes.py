@@ -241,3 +241,35 @@ def test_scale_jitter_rescales_the_shorter_side_into_the_range():
     sizes = [scale_of(seed, (256, 512)) for seed in range(24)]
     assert all(250 <= s <= 520 for s in sizes), sizes
     assert min(sizes) < 320 and max(sizes) > 450, sizes  # the draws cover the range, not one scale
+
+
+def test_full_mnist_folder_holds_out_test_and_validation_and_trains_on_the_rest(tmp_path, monkeypatch):
+    """benchmarks/recipes.py --full_mnist: the last HELD_OUT digits are the test split, the VALIDATION before
+    them the validation split, and the pipeline trains on all the others (holding nothing more out of train/)."""
+    import gzip
+    import importlib.util
+    import pathlib
+
+    from jaxcnn.data import folder
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "recipes.py"
+    spec = importlib.util.spec_from_file_location("bench_recipes", path)
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    monkeypatch.setattr(recipes, "HELD_OUT", 6)
+    monkeypatch.setattr(recipes, "VALIDATION", 4)
+    n = 30
+    images = np.arange(n * 28 * 28, dtype=np.uint32).reshape(n, 28, 28).astype(np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    (tmp_path / "idx").mkdir()
+    for name, array, magic in (("train-images-idx3-ubyte.gz", images, 3), ("train-labels-idx1-ubyte.gz", labels, 1)):
+        header = bytes([0, 0, 8, magic]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        (tmp_path / "idx" / name).write_bytes(gzip.compress(header + array.tobytes()))
+
+    root = recipes.mnist_folder(tmp_path / "idx", tmp_path / "mnist")
+    counts = {split: len(list((root / split).glob("*/*.png"))) for split in ("train", "validation", "test")}
+    assert counts == {"train": 20, "validation": 4, "test": 6}
+    assert sorted(int(p.stem) for p in (root / "test").glob("*/*.png")) == list(range(24, 30))
+    assert sorted(int(p.stem) for p in (root / "validation").glob("*/*.png")) == list(range(20, 24))
+    train_paths, train_labels, _, _ = folder.split_files(root, "train")
+    assert len(train_paths) == 20 and sorted(train_labels) == sorted(labels[:20].tolist())
