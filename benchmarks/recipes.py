@@ -40,6 +40,15 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_name() -> str:
+    """The host's CPU model (hosts differ by up to ~2x in speed here, so each figure says where it was taken)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
 def run(args: list[str], log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """`python -m train.main ARGS` and its wall time; its output is also kept in `log` (where the time went)."""
     start = time.perf_counter()
@@ -76,7 +85,7 @@ def measure(model: str, workdir: Path) -> dict:
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 load_before=round(load_before, 2), load_after=round(load_average(), 2),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -122,7 +131,7 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 test_error=round(1 - test["top1"], 5), test_count=test["count"],
                 load_before=round(load_before, 2), load_after=round(load_average(), 2),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count())
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
 
 
 def table(measured: dict) -> str:
