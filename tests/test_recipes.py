@@ -159,6 +159,12 @@ def test_alexnet_2012_paper_initialization():
     assert all(np.all(layer["bias"] == 0) for layer in default.values())  # the option is off by default
 
 
+def test_alexnet_2012_paper_init_refuses_another_weight_init():
+    with pytest.raises(ValueError, match="would replace weight_init='he': set weight_init='lecun'"):
+        models.get_model("alexnet_2012", num_classes=10, paper_init=True, weight_init="he")
+    assert models.get_model("alexnet_2012", num_classes=10, paper_init=True, weight_init="lecun").ones_bias
+
+
 def test_weight_init_he_doubles_the_kernel_variance():
     """`weight_init='he'`: every conv and dense kernel of a plain network N(0, 2/fan_in) (truncated, as flax's
     variance scaling), where the default LeCun start has 1/fan_in; biases stay 0. The VGG recipes use it."""

@@ -254,6 +254,10 @@ def alexnet_2012(dropout: float = 0.5, paper_init: bool = False, **kw) -> nn.Mod
     steps barely move (the paper spent 90 epochs); LeCun-normal weights train in minutes on small data.
     """
     if paper_init:
+        if kw.get("weight_init", "lecun") != "lecun":  # the paper's start would silently replace it
+            raise ValueError(f"paper_init=True starts from the paper's N(0, 0.01) weights, which would replace "
+                             f"weight_init={kw['weight_init']!r}: set weight_init='lecun' (the default) with it, "
+                             f"or paper_init=False")
         kw = dict(kernel_init=nn.initializers.normal(0.01), ones_bias=ALEXNET_2012_ONES_BIAS, **kw)
     return AlexNet2012(features=ALEXNET_2012, classifier=classifier_dropout_after(dropout), head="nchw", **kw)
 
