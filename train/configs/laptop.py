@@ -132,14 +132,14 @@ MODELS: dict[str, dict[str, Any]] = {
     # at 95% and still rising: 1400 steps: resnext50_32x4d 97.70% in 9.4 min (load 0.6 -> 4.7), resnet50
     # 97.55% in 6.2 min (load 9.7 -> 11.5). wide_resnet50_2 reached 97.05% in 800 (12.4 min at load ~8).
     # The deepest and widest take the steps 15 minutes allow on the slower of the hosts measured (an AMD EPYC
-    # 2-core VM, where resnet101 trained at ~44 img/s, 1400 steps in ~17 min): ~840 s of steps at the rate their
-    # multiply-adds predict from resnet101's (grouped convolutions at ~2/3 of the plain ones' rate, as measured
-    # for resnext50_32x4d against resnet50).
+    # 2-core VM): there resnet101's 1400 steps took 19.9 min in all (~38 img/s; load ~2-3) for 96.10%, so 1000;
+    # the others at the rate their multiply-adds predict from resnet101's (grouped convolutions at ~2/3 of the
+    # plain ones' rate, as measured for resnext50_32x4d against resnet50), which leaves them about one epoch.
     **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2,
               "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0}
-       for name, steps in (("resnet50", 1400), ("resnet101", 1150), ("resnet152", 800),
-                           ("resnext50_32x4d", 1400), ("resnext101_32x8d", 370), ("resnext101_64x4d", 390),
-                           ("wide_resnet50_2", 800), ("wide_resnet101_2", 390))},
+       for name, steps in (("resnet50", 1400), ("resnet101", 1000), ("resnet152", 700),
+                           ("resnext50_32x4d", 1400), ("resnext101_32x8d", 340), ("resnext101_64x4d", 350),
+                           ("wide_resnet50_2", 800), ("wide_resnet101_2", 360))},
     # vgg16's 500 steps: 96.85% in 6.6 min (load 5.3 -> 4.8); its step costs ~2/3 of vgg16's, so 700.
     "vgg11": {"num_train_steps": 700, "eval_every_steps": 350},
     "vgg11_bn": {"learning_rate": 1e-3}, "vgg13_bn": {"learning_rate": 1e-3}, "vgg16_bn": {"learning_rate": 1e-3},
