@@ -134,25 +134,32 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
 
 
+def where(m: dict) -> str:
+    """When and on what a figure was taken (the CPU model is recorded from 2026-12-02 noon UTC on)."""
+    return f"{m['date'][5:16]}, {m.get('cpu', 'not recorded')}"
+
+
 def table(measured: dict) -> str:
     """The README results table (markdown) from the measured figures."""
-    lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after) | date, CPU |",
+             "|---|---|---|---|---|---|---|"]
     for model, m in sorted(measured.get("embedded", {}).items()):
         if m.get("best_top1") is None:  # a run stopped before its end
             continue
         verdict = "" if m["wall_s"] <= 900 and (m["best_top1"] or 0) >= 0.97 else " (misses the target)"
         lines.append(f"| {model} | {m['image_size']}x{m['image_size']} | {m['steps']} | "
                      f"{m['wall_s'] / 60:.1f} min | {100 * (m['best_top1'] or 0):.2f}%{verdict} | "
-                     f"{m['load_before']}/{m['load_after']} |")
+                     f"{m['load_before']}/{m['load_after']} | {where(m)} |")
     full = measured.get("full_mnist", {})
     if full:
         lines += ["", "Full MNIST (60,000 images; the last 10,000 held out as the test split, the 1,000 before them "
                   "as validation):", "",
-                  "| model | recipe steps | wall time | test error | load (before/after) |", "|---|---|---|---|---|"]
+                  "| model | recipe steps | wall time | test error | load (before/after) | date, CPU |",
+                  "|---|---|---|---|---|---|"]
         for model, m in sorted(full.items()):
+            verdict = "" if m["test_error"] <= 0.01 else ", misses the <= 1.0% target"
             lines.append(f"| {model} | {m['steps']} | {m['wall_s'] / 60:.1f} min | {100 * m['test_error']:.2f}% "
-                         f"({m['test_count']} images) | {m['load_before']}/{m['load_after']} |")
+                         f"({m['test_count']} images{verdict}) | {m['load_before']}/{m['load_after']} | {where(m)} |")
     return "\n".join(lines)
 
 
