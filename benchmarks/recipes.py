@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # host.py beside this file
+from host import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "train" / "configs" / "measured.json"
 README = ROOT / "README.md"
@@ -38,15 +41,6 @@ VALIDATION = 1_000
 
 def load_average() -> float:
     return os.getloadavg()[0]
-
-
-def cpu_name() -> str:
-    """The host's CPU model (hosts differ by up to ~2x in speed here, so each figure says where it was taken)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def run(args: list[str], log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
+
+from host import cpu_name  # beside this file: `python benchmarks/table.py` puts benchmarks/ on the path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "inception_v3", "densenet121")
@@ -27,14 +28,6 @@ def run(script: str, args: list[str], json_path: str) -> dict:
                    env=env, stdout=subprocess.DEVNULL)
     with open(json_path) as f:
         return json.load(f)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> None:

@@ -26,3 +26,18 @@ try:
     import torchvision  # noqa: F401,E402
 except ImportError:  # the torch extra is optional; torch-based tests guard themselves
     pass
+
+
+# The modules whose tests run longest (minutes of compilation each: the CLI runs of whole models, forward mode op
+# by op, two processes), first: pytest-xdist hands tests out in collection order, so started last they leave one
+# worker running them alone for the suite's last minutes. Whole modules move, so module fixtures set up once.
+LONGEST_FIRST = ("test_recipes.py", "test_forward_mode.py", "test_multihost.py", "test_notebooks.py",
+                 "test_reliability.py", "test_nnx.py", "test_models_resnet.py", "test_models_inception.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within each rank

@@ -168,7 +168,6 @@ def test_saved_variables_round_trip(tmp_path):
         ckpt.load_variables(tmp_path)
 
 
-
 # A config file that registers a tiny BatchNorm + dropout CNN: BN statistics, momentum and dropout keys all
 # take part in the resume, and it compiles in seconds (resnet18 takes minutes on a loaded CPU).
 TINY_MODEL = """
