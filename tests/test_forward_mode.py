@@ -29,11 +29,12 @@ def relative_error(ours, reference) -> float:
 
 
 # In the default suite: every distinct block (basic and bottleneck residual, grouped, dense, inception, LRN and
-# grouped AlexNet, BatchNorm VGG, the 1998 LeNet...). The deeper variants of the same code are slow to run op by
-# op (densenet161 alone 11 min on a loaded 2-core box) and run with `-m variants`.
-DEFAULT_SUITE = ("mlp", "lenet5", "lenet5_1998", "alexnet", "alexnet_2012", "alexnet_bn", "zfnet", "nin", "vgg11",
-                 "vgg11_bn", "googlenet", "googlenet_2014", "inception_v3", "resnet18", "resnet50",
-                 "resnext50_32x4d", "densenet121")
+# grouped AlexNet, BatchNorm VGG, ceil-mode pooling in googlenet, the 1998 LeNet...). The others repeat those
+# parts (vgg11 is vgg11_bn without its BN; zfnet's convolutions and ceil-mode pools are AlexNet's and GoogLeNet's;
+# googlenet_2014 is googlenet's branches with alexnet_2012's LRN) or are deeper variants of the same code, slow to
+# run op by op (densenet161 alone 11 min on a loaded 2-core box): they run with `-m variants`.
+DEFAULT_SUITE = ("mlp", "lenet5", "lenet5_1998", "alexnet", "alexnet_2012", "alexnet_bn", "nin", "vgg11_bn",
+                 "googlenet", "inception_v3", "resnet18", "resnet50", "resnext50_32x4d", "densenet121")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in DEFAULT_SUITE else [pytest.mark.variants])
