@@ -63,6 +63,10 @@ def test_recipe_follows_the_dataset():
     other = recipe_for("resnet18", "cifar10")  # no paper recipe for this pair: the laptop one on that data
     assert other.dataset == "cifar10" and other.optimizer == recipe_for("resnet18").optimizer
     assert recipe_for("resnet18", "imagenet2012").lr_per_256 == 0.1
+    # The deep ResNets' laptop recipes start each residual branch at zero; the paper's ImageNet recipe does not.
+    for name in ("resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"):
+        assert recipe_for(name).model_kwargs.zero_init_residual is True, name
+        assert recipe_for(name, "imagenet2012").model_kwargs.zero_init_residual is False, name
 
 
 def test_resnet50_learning_rate_scales_with_the_batch():
