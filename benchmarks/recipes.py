@@ -68,7 +68,8 @@ def recipe_facts(model: str, dataset: str | None = None) -> dict:
     config, spec = recipe_for(model, dataset), models.get_spec(model)
     size = config.image_size if config.image_size > 0 else spec.input_shape[0]
     steps = int(config.num_train_steps) if config.num_train_steps > 0 else f"{config.num_epochs} epochs"
-    return dict(image_size=int(size), steps=steps, batch_size=int(config.batch_size), optimizer=config.optimizer)
+    return dict(image_size=int(size), steps=steps, batch_size=int(config.batch_size), optimizer=config.optimizer,
+                model_options=dict(config.model_kwargs))
 
 
 def measure(model: str, workdir: Path) -> dict:

@@ -283,3 +283,19 @@ def test_full_mnist_folder_holds_out_test_and_validation_and_trains_on_the_rest(
     assert sorted(int(p.stem) for p in (root / "validation").glob("*/*.png")) == list(range(20, 24))
     train_paths, train_labels, _, _ = folder.split_files(root, "train")
     assert len(train_paths) == 20 and sorted(train_labels) == sorted(labels[:20].tolist())
+
+
+def test_list_models_marks_a_measurement_taken_with_other_settings():
+    """`--list_models` shows a figure as the recipe's only where it was taken with the recipe's steps, batch and
+    model options (resnext101_32x8d's was taken before its recipe started residual branches at zero)."""
+    def run(name, **settings):
+        return dict(wall_s=600.0, best_top1=0.975, steps=recipe_for(name).num_train_steps, batch_size=32, **settings)
+
+    measured = {"embedded": {"resnet101": run("resnet101", model_options={"zero_init_residual": True}),
+                             "resnet152": run("resnet152", model_options={"zero_init_residual": False}),
+                             "resnet50": dict(run("resnet50"), steps=7)}}
+    rows = {line.split()[0]: line for line in describe.models_table(["resnet101", "resnet152", "resnet50"],
+                                                                    measured).splitlines()}
+    assert "97.50%" in rows["resnet101"] and "measured with" not in rows["resnet101"]
+    assert "97.50% (measured with zero_init_residual=False)" in rows["resnet152"]
+    assert "97.50% (measured with 7 steps of 32)" in rows["resnet50"]

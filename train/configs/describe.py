@@ -65,6 +65,8 @@ def models_table(names: list[str], measured: dict) -> str:
             minutes, top1 = f"{m['wall_s'] / 60:.1f}", f"{100 * m['best_top1']:.2f}%"
             if (str(m["steps"]), m["batch_size"]) != (steps, config.batch_size):  # the recipe changed since
                 top1 += f" (measured with {m['steps']} steps of {m['batch_size']})"
+            elif changed := {k: v for k, v in m.get("model_options", {}).items() if config.model_kwargs.get(k) != v}:
+                top1 += " (measured with " + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")"
         else:
             minutes, top1 = "not measured", ""
         paper = paper_recipe_name(name)
