@@ -174,10 +174,6 @@ def dropout_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
     return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
 
 
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, num_classes: int | None = None,
                label_smoothing: float = 0.0, aux_loss_weight: float = 0.0,
                frozen_backbone: bool = False, map_loss_j: float = 0.0) -> tuple[TrainState, dict]:
@@ -208,8 +204,11 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
     # the running averages as well keeps replicas identical whatever the model does.
     batch_stats = _pmean(batch_stats, axis_name)
     # A step whose gradients are not finite must not poison the running statistics either (the optimizer's
-    # apply_if_finite decides about the params).
-    finite = _all_finite(grads)
+    # apply_if_finite decides about the params). The norm is finite exactly when every gradient is (bar squares
+    # past 3e38, a step as lost), and the metrics need it anyway: one reduction over the gradients instead of two
+    # compiles far faster (densenet121's step: 95 s -> 46 s, 74 s -> 29 s with the tests' flags; NOTES.md).
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm)
     batch_stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), batch_stats, state.batch_stats)
     if frozen_backbone:  # as loaded, bit for bit (the average over devices of equal values can round)
         batch_stats = state.batch_stats
@@ -217,7 +216,7 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None, 
     params = optax.apply_updates(state.params, updates)
 
     metrics = compute_metrics(logits, labels, num_classes)
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics.update(loss=loss, grad_norm=grad_norm)
     if aux_losses:
         metrics["aux_loss"] = sum(aux_losses)
     metrics = _pmean(metrics, axis_name)
