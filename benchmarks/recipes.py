@@ -43,6 +43,25 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks since boot from /proc/stat, or None off Linux. Steal is the time a virtual
+    machine's CPUs waited for the hypervisor: other tenants' load, which the load average does not show."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen by the hypervisor since `before` (cpu_ticks), or None if unknown."""
+    after = cpu_ticks()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
 def run(args: list[str], log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """`python -m train.main ARGS` and its wall time; its output is also kept in `log` (where the time went)."""
     start = time.perf_counter()
@@ -69,17 +88,18 @@ def recipe_facts(model: str, dataset: str | None = None) -> dict:
     size = config.image_size if config.image_size > 0 else spec.input_shape[0]
     steps = int(config.num_train_steps) if config.num_train_steps > 0 else f"{config.num_epochs} epochs"
     return dict(image_size=int(size), steps=steps, batch_size=int(config.batch_size), optimizer=config.optimizer,
+                learning_rate=float(config.learning_rate), augment=config.augment.to_dict(),
                 model_options=dict(config.model_kwargs))
 
 
 def measure(model: str, workdir: Path) -> dict:
     """The default command for `model` (embedded MNIST) in a fresh workdir."""
-    facts, load_before = recipe_facts(model), load_average()  # the recipe as the run reads it
+    facts, load_before, ticks = recipe_facts(model), load_average(), cpu_ticks()  # the recipe as the run reads it
     done, wall = run([f"--model={model}", f"--workdir={workdir}"], workdir.with_suffix(".log"))
     if done.returncode != 0 or best_top1(done.stdout) is None:  # None: stopped (SIGTERM) before its end
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
-                load_before=round(load_before, 2), load_after=round(load_average(), 2),
+                load_before=round(load_before, 2), load_after=round(load_average(), 2), steal=steal_share(ticks),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
 
 
@@ -114,7 +134,7 @@ def mnist_folder(idx_dir: Path, out: Path) -> Path:
 
 def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     dataset = f"folder:{folder}"
-    facts, load_before = recipe_facts(model, dataset), load_average()
+    facts, load_before, ticks = recipe_facts(model, dataset), load_average(), cpu_ticks()
     done, wall = run([f"--model={model}", f"--dataset={dataset}", f"--workdir={workdir}"], workdir.with_suffix(".log"))
     if done.returncode != 0:
         raise SystemExit(f"{model} on full MNIST failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -125,8 +145,15 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     test = json.loads((workdir / "eval_test.json").read_text())
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 test_error=round(1 - test["top1"], 5), test_count=test["count"],
-                load_before=round(load_before, 2), load_after=round(load_average(), 2),
+                load_before=round(load_before, 2), load_after=round(load_average(), 2), steal=steal_share(ticks),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
+
+
+def load(m: dict) -> str:
+    """The load average before/after, and the CPU time stolen by other tenants where it was recorded
+    (from 2026-12-03 06:00 UTC on)."""
+    steal = m.get("steal")
+    return f"{m['load_before']}/{m['load_after']}" + ("" if steal is None else f", {100 * steal:.0f}% stolen")
 
 
 def where(m: dict) -> str:
@@ -136,7 +163,7 @@ def where(m: dict) -> str:
 
 def table(measured: dict) -> str:
     """The README results table (markdown) from the measured figures."""
-    lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after) | date, CPU |",
+    lines = ["| model | input | steps | wall time | best validation top-1 | load (before/after), steal | date, CPU |",
              "|---|---|---|---|---|---|---|"]
     for model, m in sorted(measured.get("embedded", {}).items()):
         if m.get("best_top1") is None:  # a run stopped before its end
@@ -144,17 +171,17 @@ def table(measured: dict) -> str:
         verdict = "" if m["wall_s"] <= 900 and (m["best_top1"] or 0) >= 0.97 else " (misses the target)"
         lines.append(f"| {model} | {m['image_size']}x{m['image_size']} | {m['steps']} | "
                      f"{m['wall_s'] / 60:.1f} min | {100 * (m['best_top1'] or 0):.2f}%{verdict} | "
-                     f"{m['load_before']}/{m['load_after']} | {where(m)} |")
+                     f"{load(m)} | {where(m)} |")
     full = measured.get("full_mnist", {})
     if full:
         lines += ["", "Full MNIST (60,000 images; the last 10,000 held out as the test split, the 1,000 before them "
                   "as validation):", "",
-                  "| model | recipe steps | wall time | test error | load (before/after) | date, CPU |",
+                  "| model | recipe steps | wall time | test error | load (before/after), steal | date, CPU |",
                   "|---|---|---|---|---|---|"]
         for model, m in sorted(full.items()):
             verdict = "" if m["test_error"] <= 0.01 else ", misses the <= 1.0% target"
             lines.append(f"| {model} | {m['steps']} | {m['wall_s'] / 60:.1f} min | {100 * m['test_error']:.2f}% "
-                         f"({m['test_count']} images{verdict}) | {m['load_before']}/{m['load_after']} | {where(m)} |")
+                         f"({m['test_count']} images{verdict}) | {load(m)} | {where(m)} |")
     return "\n".join(lines)
 
 

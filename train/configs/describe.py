@@ -49,6 +49,22 @@ def load_measured(path: Path = MEASURED) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def changed_settings(measured: dict, config: ml_collections.ConfigDict) -> dict:
+    """The settings a measurement recorded that the recipe has changed since: model options, and (recorded
+    from 2026-12-03 on) the learning rate and the augmentation."""
+    recorded = {**{f"model_kwargs.{k}": v for k, v in measured.get("model_options", {}).items()},
+                **{f"augment.{k}": v for k, v in measured.get("augment", {}).items()},
+                **({"learning_rate": measured["learning_rate"]} if "learning_rate" in measured else {})}
+    changed = {}
+    for key, value in recorded.items():
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if node != value and not (isinstance(value, list) and tuple(value) == node):  # JSON keeps tuples as lists
+            changed[key.removeprefix("model_kwargs.")] = value
+    return changed
+
+
 def models_table(names: list[str], measured: dict) -> str:
     """One line per model: its default (embedded MNIST) recipe's input size and steps, the minutes and best
     validation top-1 measured here (or 'not measured'), and its paper recipe."""
@@ -65,7 +81,7 @@ def models_table(names: list[str], measured: dict) -> str:
             minutes, top1 = f"{m['wall_s'] / 60:.1f}", f"{100 * m['best_top1']:.2f}%"
             if (str(m["steps"]), m["batch_size"]) != (steps, config.batch_size):  # the recipe changed since
                 top1 += f" (measured with {m['steps']} steps of {m['batch_size']})"
-            elif changed := {k: v for k, v in m.get("model_options", {}).items() if config.model_kwargs.get(k) != v}:
+            elif changed := changed_settings(m, config):
                 top1 += " (measured with " + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")"
         else:
             minutes, top1 = "not measured", ""
