@@ -201,19 +201,22 @@ def main() -> None:
     parser.add_argument("--full_mnist", type=Path, help="directory of the MNIST idx files: run the models on it")
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "jaxcnn_recipes")
     args = parser.parse_args()
-    measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     for model in args.models:
         workdir = args.scratch / ("full_mnist" if args.full_mnist else "embedded") / model / time.strftime("%H%M%S")
         if args.full_mnist:
             folder = mnist_folder(args.full_mnist, args.scratch / f"mnist_{HELD_OUT}_test_{VALIDATION}_validation")
-            result = measure_full_mnist(model, folder, workdir)
-            measured.setdefault("full_mnist", {})[model] = result
+            kind, result = "full_mnist", measure_full_mnist(model, folder, workdir)
         else:
-            result = measure(model, workdir)
-            measured.setdefault("embedded", {})[model] = result
+            kind, result = "embedded", measure(model, workdir)
         print(model, json.dumps(result), flush=True)
+        measured = read_measured()  # read again: other figures may have been written while this model ran
+        measured.setdefault(kind, {})[model] = result
         MEASURED.write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")  # kept after every model
-    write_readme(table(measured))
+    write_readme(table(read_measured()))
+
+
+def read_measured() -> dict:
+    return json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
 
 
 if __name__ == "__main__":
