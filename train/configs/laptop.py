@@ -9,7 +9,8 @@ How the numbers were chosen (see README "Results" for what each reaches here, in
     Inception-v3), so a step costs 1/25-1/50 of the 224x224 one; models whose dense head fixes the size
     (alexnet_2012, alexnet_bn, zfnet, googlenet_2014) keep it and get fewer, smaller steps instead.
   * optimizer: Adam, which needs no per-model learning-rate search: 1e-3 for networks with BatchNorm, 1e-4
-    for deep plain ones (VGG, AlexNet, ZFNet, GoogLeNet 2014; NiN 3e-4), where 1e-3 often stalls at chance; a
+    for deep plain ones (VGG, AlexNet, ZFNet, GoogLeNet 2014; NiN 3e-4), where 1e-3 often stalls at chance (so
+    do the BN VGGs, whose 120M-parameter dense head has no BatchNorm: they keep 1e-4); a
     cosine decay to 0 after a short warm-up, so the last steps settle.
   * steps: enough to pass 97% with a margin at the measured rate; evaluation every `eval_every_steps` on the
     whole validation split (only at the end where one evaluation costs minutes at 224x224).
