@@ -299,7 +299,7 @@ def test_list_models_marks_a_measurement_taken_with_other_settings():
                              "vgg16_bn": run("vgg16_bn", **same),
                              "vgg13_bn": run("vgg13_bn", **dict(same, learning_rate=1e-3)),
                              "vgg11_bn": run("vgg11_bn", **dict(same, augment=dict(same["augment"],
-                                                                                    rotation_degrees=0.0)))}}
+                                                                                    rotation_degrees=45.0)))}}
     names = ["resnet101", "resnet152", "resnet50", "vgg16_bn", "vgg13_bn", "vgg11_bn"]
     rows = {line.split()[0]: line for line in describe.models_table(names, measured).splitlines()}
     assert "97.50%" in rows["resnet101"] and "measured with" not in rows["resnet101"]
@@ -307,4 +307,4 @@ def test_list_models_marks_a_measurement_taken_with_other_settings():
     assert "97.50% (measured with zero_init_residual=False)" in rows["resnet152"]
     assert "97.50% (measured with 7 steps of 32)" in rows["resnet50"]
     assert "97.50% (measured with learning_rate=0.001)" in rows["vgg13_bn"]
-    assert "97.50% (measured with augment.rotation_degrees=0.0)" in rows["vgg11_bn"]
+    assert "97.50% (measured with augment.rotation_degrees=45.0)" in rows["vgg11_bn"]
