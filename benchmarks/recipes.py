@@ -5,7 +5,8 @@
     python benchmarks/recipes.py --full_mnist=/path/to/mnist lenet5 lenet5_1998
 
 For each model: the wall time of the whole command (start-up and compilation included), the input size and
-steps of its recipe, the best validation top-1, and the machine load (1-minute load average) before and after.
+steps of its recipe, the best validation top-1, the machine load (1-minute load average) before and after, and
+the share of CPU time other tenants of the VM host stole during the run (which the load average does not show).
 
 --full_mnist=DIR: DIR holds the real MNIST training set as idx files (train-images-idx3-ubyte.gz,
 train-labels-idx1-ubyte.gz; 60,000 images). It is written once as an image folder with the LAST 10,000 images
@@ -151,7 +152,7 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
 
 def load(m: dict) -> str:
     """The load average before/after, and the CPU time stolen by other tenants where it was recorded
-    (from 2026-12-03 06:00 UTC on)."""
+    (from 2026-12-03 05:53 UTC on)."""
     steal = m.get("steal")
     return f"{m['load_before']}/{m['load_after']}" + ("" if steal is None else f", {100 * steal:.0f}% stolen")
 
