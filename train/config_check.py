@@ -144,15 +144,15 @@ def numeric_fields(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any
             yield name, value
 
 
-_ABSENT = object()
+ABSENT = object()
 
 
-def _get(config: Mapping, dotted: str) -> Any:
-    """The field's value, or _ABSENT for a config without it (a hand-written --config file)."""
+def dotted_value(config: Mapping, dotted: str) -> Any:
+    """The field's value, or ABSENT for a config without it (a hand-written --config file)."""
     node = config
     for part in dotted.split("."):
         if not hasattr(node, "keys") or part not in node:
-            return _ABSENT
+            return ABSENT
         node = node[part]
     return node
 
@@ -164,20 +164,20 @@ def _refuse(name: str, value: Any, rule: Range) -> ValueError:
 def validate(config: Mapping) -> None:
     """Raise ValueError (one line: field, value, valid range) for the first numeric field out of range."""
     for name, rule in RULES.items():
-        value = _get(config, name)
-        if value is not _ABSENT and not rule.accepts(value):
+        value = dotted_value(config, name)
+        if value is not ABSENT and not rule.accepts(value):
             raise _refuse(name, value, rule)
     for name, rule in ELEMENT_RULES.items():
-        values = _get(config, name)
-        values = () if values is _ABSENT else tuple(values)
+        values = dotted_value(config, name)
+        values = () if values is ABSENT else tuple(values)
         bad = [v for v in values if not rule.accepts(v)]
         if bad:
             raise ValueError(f"invalid {name}={values!r}: each must be {rule.describe()}")
-    bounds = _get(config, "piecewise_boundaries")
-    bounds = () if bounds is _ABSENT else tuple(bounds)
+    bounds = dotted_value(config, "piecewise_boundaries")
+    bounds = () if bounds is ABSENT else tuple(bounds)
     if list(bounds) != sorted(bounds):
         raise ValueError(f"invalid piecewise_boundaries={bounds!r}: must not decrease")
-    if _get(config, "schedule") == "piecewise" and len(config["piecewise_values"]) != len(bounds) + 1:
+    if dotted_value(config, "schedule") == "piecewise" and len(config["piecewise_values"]) != len(bounds) + 1:
         raise ValueError(f"invalid piecewise_values={tuple(config['piecewise_values'])!r}: the piecewise "
                          f"schedule needs one more value than piecewise_boundaries {bounds!r}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
+from train.config_check import dotted_value
 from train.configs import paper_dataset, paper_recipe_name, recipe_kind
 
 MEASURED = Path(__file__).with_name("measured.json")
@@ -57,10 +58,8 @@ def changed_settings(measured: dict, config: ml_collections.ConfigDict) -> dict:
                 **({"learning_rate": measured["learning_rate"]} if "learning_rate" in measured else {})}
     changed = {}
     for key, value in recorded.items():
-        node = config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        if node != value and not (isinstance(value, list) and tuple(value) == node):  # JSON keeps tuples as lists
+        now = dotted_value(config, key)
+        if now != value and not (isinstance(value, list) and tuple(value) == now):  # JSON keeps tuples as lists
             changed[key.removeprefix("model_kwargs.")] = value
     return changed
 

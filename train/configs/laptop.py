@@ -140,8 +140,9 @@ MODELS: dict[str, dict[str, Any]] = {
     # starting at 0 (torchvision's zero_init_residual; Goyal et al. 2017), so every block starts as the
     # identity. resnet101 at step 290: training top-1 92.8% against 75.0% without; 1000 steps 97.95% in 14.4
     # min (AMD host, idle) where 1400 without reached 96.10% in 19.9. resnet152's 700 steps: 97.75% in 16.8
-    # min there (~1.08 s a step, ~4 min of start-up, compilation and evaluations): 570 steps should end near
-    # 14.5 min (not measured). wide_resnet101_2's 360 steps with it: 95.75% in 13.1 min (~1.5 s a step).
+    # min there (~1.08 s a step, ~4 min of start-up, compilation and evaluations); 570 steps: 97.45% in 15.5 min
+    # on the Intel host with 24% of its CPU stolen. wide_resnet101_2's 360 steps with it: 95.75% in 13.1 min
+    # (~1.5 s a step).
     # On the (faster) Intel host the ResNeXt-101s ended early and short: 340 steps of resnext101_32x8d 96.15% in
     # 10.1 min, 350 of resnext101_64x4d 95.80% in 11.1 (~1.25 and ~1.4 s a step, ~3 min fixed). 480 steps of
     # resnext101_32x8d: 97.20%, but in 17.8 min (~2 s a step, 19% of the CPU stolen by other tenants); the
@@ -163,7 +164,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # min (the Intel host, up to 75% of its CPU stolen by other tenants in the last minutes), training top-1 ~99%
     # at the end; with the shifts and rotations that closed the same gap for the bottleneck ResNets, 95.80% in
     # 13.1 min (5% stolen; 93.65% at step 210 where it had been 95.55%): in 1.3 passes they only slow the fit.
-    # vgg11_bn's 500 steps: 96.95% in 12.0 min (7% stolen; ~1.26 s a step): the 600 that 14 minutes allow.
+    # vgg11_bn's 500 steps: 96.95% in 12.0 min (7% stolen; ~1.26 s a step); 600: 97.35%, but in 16.4 min (13%
+    # stolen, ~1.55 s a step).
     **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2}
        for name, steps in (("vgg11_bn", 600), ("vgg13_bn", 450), ("vgg16_bn", 420), ("vgg19_bn", 340))},
 }
