@@ -4,9 +4,10 @@
     python benchmarks/recipes.py vgg16 lenet5 mlp          # `python -m train.main --model=NAME`, one at a time
     python benchmarks/recipes.py --full_mnist=/path/to/mnist lenet5 lenet5_1998
 
-For each model: the wall time of the whole command (start-up and compilation included), the input size and
-steps of its recipe, the best validation top-1, the machine load (1-minute load average) before and after, and
-the share of CPU time other tenants of the VM host stole during the run (which the load average does not show).
+For each model: the wall time of the whole command (start-up and compilation included, from an empty
+compilation cache: a user's first run), the input size and steps of its recipe, the best validation top-1, the
+machine load (1-minute load average) before and after, and the share of CPU time other tenants of the VM host
+stole during the run (which the load average does not show).
 
 --full_mnist=DIR: DIR holds the real MNIST training set as idx files (train-images-idx3-ubyte.gz,
 train-labels-idx1-ubyte.gz; 60,000 images). It is written once as an image folder with the LAST 10,000 images
@@ -64,11 +65,15 @@ def steal_share(before: tuple[int, int] | None) -> float | None:
 
 
 def run(args: list[str], log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
-    """`python -m train.main ARGS` and its wall time; its output is also kept in `log` (where the time went)."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wall = time.perf_counter() - start
+    """`python -m train.main ARGS` and its wall time; its output is also kept in `log` (where the time went).
+
+    Each run gets an empty compilation cache (JAXCNN_HOME in a fresh temporary directory): the time is a user's
+    first run of the command, compilation included, not a rerun that loads the compiled steps from disk."""
+    with tempfile.TemporaryDirectory(prefix="jaxcnn_home_") as home:
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "JAXCNN_HOME": home})
+        wall = time.perf_counter() - start
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(done.stdout + done.stderr)
@@ -89,7 +94,8 @@ def recipe_facts(model: str, dataset: str | None = None) -> dict:
     size = config.image_size if config.image_size > 0 else spec.input_shape[0]
     steps = int(config.num_train_steps) if config.num_train_steps > 0 else f"{config.num_epochs} epochs"
     return dict(image_size=int(size), steps=steps, batch_size=int(config.batch_size), optimizer=config.optimizer,
-                learning_rate=float(config.learning_rate), augment=config.augment.to_dict(),
+                learning_rate=float(config.learning_rate), lr_multipliers=config.lr_multipliers.to_dict(),
+                augment=config.augment.to_dict(),
                 model_options=dict(config.model_kwargs))
 
 
@@ -101,7 +107,8 @@ def measure(model: str, workdir: Path) -> dict:
         raise SystemExit(f"{model} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 load_before=round(load_before, 2), load_after=round(load_average(), 2), steal=steal_share(ticks),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name(),
+                compile_cache="cold")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -147,7 +154,8 @@ def measure_full_mnist(model: str, folder: Path, workdir: Path) -> dict:
     return dict(facts, wall_s=round(wall, 1), best_top1=best_top1(done.stdout),
                 test_error=round(1 - test["top1"], 5), test_count=test["count"],
                 load_before=round(load_before, 2), load_after=round(load_average(), 2), steal=steal_share(ticks),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name())
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores=os.cpu_count(), cpu=cpu_name(),
+                compile_cache="cold")
 
 
 def load(m: dict) -> str:
@@ -158,8 +166,11 @@ def load(m: dict) -> str:
 
 
 def where(m: dict) -> str:
-    """When and on what a figure was taken (the CPU model is recorded from 2026-12-02 noon UTC on)."""
-    return f"{m['date'][5:16]}, {m.get('cpu', 'not recorded')}"
+    """When and on what a figure was taken (the CPU model is recorded from 2026-12-02 noon UTC on, the
+    compilation cache from 2026-12-03 09:20 UTC on; before that a model run earlier on the host may have found
+    its compiled steps in the user's cache)."""
+    cache = f", {m['compile_cache']} cache" if "compile_cache" in m else ""
+    return f"{m['date'][5:16]}, {m.get('cpu', 'not recorded')}{cache}"
 
 
 def table(measured: dict) -> str:

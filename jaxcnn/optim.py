@@ -11,6 +11,7 @@ Public API
                     -> add_decayed_weights(mask=kernels)  # config.weight_decay > 0 (not adamw: built in)
                     -> sgd | adam | adamw | rmsprop with schedule_fn
                     -> scale_by_plateau                   # config.schedule == 'plateau'
+                    -> scale_by_module                    # config.lr_multipliers (per-module rates)
         )
 
     Weight decay is L2 on conv/dense kernels only, added to the gradient before the optimizer as torch's
@@ -23,6 +24,8 @@ Public API
 `build_plateau(config)`: the `optax.contrib.reduce_on_plateau` transform that *updates* the plateau state from a
     validation loss, or None. Inside the step chain `scale_by_plateau()` only multiplies by the stored scale, so
     the scale changes at evaluations (see `jaxcnn.training.update_plateau`), never at training steps.
+`scale_by_module(multipliers)`: the updates of each named top-level module times its factor, i.e. that module
+    trains at factor x the learning rate (torch's parameter groups); `config.lr_multipliers` holds them.
 `kernel_mask(params)`: True on leaves named 'kernel' (the weight-decay mask).
 `head_trainable(params, head=None, num_classes=None)`: a `trainable` tree that trains only the classifier.
 `plateau_scale(opt_state)`, `skipped_updates(opt_state)`: read the plateau scale / the number of non-finite
@@ -182,6 +185,26 @@ def skipped_updates(opt_state) -> jax.Array | None:
     return states[0].total_notfinite if states else None
 
 
+# --- Per-module learning rates ----------------------------------------------------------------------------
+
+
+def scale_by_module(multipliers: dict[str, float]) -> optax.GradientTransformation:
+    """Multiply the updates of each top-level module named in `multipliers` by its factor; the others pass.
+
+    A name the params lack is an error (ValueError naming the modules there are), not a silent no-op."""
+
+    def scale(updates, params=None):
+        del params
+        missing = sorted(set(multipliers) - set(updates))
+        if missing:
+            raise ValueError(f"lr_multipliers names {', '.join(missing)}, which the model lacks; its top-level "
+                             f"modules: {', '.join(sorted(updates))}")
+        return {name: jax.tree.map(lambda u, f=multipliers[name]: u * f, sub) if name in multipliers else sub
+                for name, sub in updates.items()}
+
+    return optax.stateless(scale)
+
+
 # --- Optimizers -------------------------------------------------------------------------------------------
 
 
@@ -221,6 +244,9 @@ def build_optimizer(config, steps_per_epoch: int,
     parts.append(_base_optimizer(config, schedule))
     if config.schedule == "plateau":
         parts.append(scale_by_plateau())
+    multipliers = dict(config.get("lr_multipliers", {}))
+    if multipliers:  # only then: the optimizer state of every other run keeps its structure (checkpoints)
+        parts.append(scale_by_module(multipliers))
     tx = optax.chain(*parts)
     if trainable is not None:
         labels = (lambda params: _labels(trainable(params))) if callable(trainable) else _labels(trainable)
@@ -233,5 +259,6 @@ def build_optimizer(config, steps_per_epoch: int,
 __all__ = [
     "OPTIMIZERS", "SCHEDULES", "PlateauState", "base_learning_rate", "build_optimizer", "build_plateau",
     "build_schedule", "find_states",
-    "head_trainable", "kernel_mask", "plateau_scale", "scale_by_plateau", "skipped_updates", "total_steps",
+    "head_trainable", "kernel_mask", "plateau_scale", "scale_by_module", "scale_by_plateau", "skipped_updates",
+    "total_steps",
 ]

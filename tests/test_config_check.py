@@ -94,7 +94,8 @@ def test_every_numeric_field_has_a_rule():
     recipes = [default.get_config()] + [recipe_for(p.stem) for p in (ROOT / "train" / "configs").glob("*.py")
                                         if not p.stem.startswith("_")]
     for config in recipes:
-        fields = {name for name, _ in config_check.numeric_fields(config)}
+        fields = {name for name, _ in config_check.numeric_fields(config)
+                  if name.rsplit(".", 1)[0] not in config_check.MAPPING_RULES}
         missing = fields - set(config_check.RULES) - set(config_check.ELEMENT_RULES)
         assert not missing, f"{config.model}: numeric fields without a rule in config_check.py: {missing}"
         config_check.validate(config)  # and every recipe passes its own checks
@@ -141,3 +142,22 @@ def test_the_rules_take_what_the_recipes_use_and_refuse_the_edges():
     assert rule.accepts(0) and rule.accepts(0.99) and not rule.accepts(1.0) and not rule.accepts(float("nan"))
     assert not config_check.RULES["learning_rate"].accepts(float("inf"))
     assert not config_check.RULES["batch_size"].accepts(True)  # a bool is no batch size
+
+
+def test_learning_rate_factors_are_checked_and_a_changed_one_changes_the_training():
+    """config.lr_multipliers: each factor in (0, 1000]; a factor added, dropped or changed is a training change
+    (a resume refuses it), the mapping compared whole."""
+    import ml_collections
+
+    config = default.get_config()
+    for bad in (0.0, -1.0, float("nan"), "half"):
+        config.lr_multipliers = ml_collections.ConfigDict({"classifier_0": bad})
+        with pytest.raises(ValueError, match=r"invalid lr_multipliers.classifier_0=.*: must be a number in \(0, 1000\]"):
+            config_check.validate(config)
+    config.lr_multipliers = ml_collections.ConfigDict({"classifier_0": 0.5})
+    config_check.validate(config)
+    plain = default.get_config()
+    assert config_check.training_changes(config_check.plain(plain), config) == (
+        [("lr_multipliers", {}, {"classifier_0": 0.5})], [])
+    assert config_check.training_changes(config_check.plain(config), plain) == (
+        [("lr_multipliers", {"classifier_0": 0.5}, {})], [])

@@ -275,6 +275,25 @@ def test_weight_decay_touches_kernels_only(optimizer):
                                          "bn": {"scale": False, "bias": False}}
 
 
+def test_lr_multipliers_scale_the_named_modules_updates_only():
+    """config.lr_multipliers: the named top-level module steps at factor x the rate (Adam's first step is
+    -lr x sign(grad)), the others as before; the optimizer state's structure grows only when it is set."""
+    params = _params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, GRAD), params)
+    tx, _ = optim.build_optimizer(make_config(optimizer="adam", learning_rate=LR, lr_multipliers={"dense": 0.25}), 10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for leaf in updates["dense"].values():
+        np.testing.assert_allclose(leaf, 0.25 * ADAM_STEP, rtol=1e-5)
+    for leaf in updates["bn"].values():
+        np.testing.assert_allclose(leaf, ADAM_STEP, rtol=1e-5)
+    plain, _ = optim.build_optimizer(make_config(optimizer="adam", learning_rate=LR), 10)
+    assert len(jax.tree.leaves(tx.init(params))) == len(jax.tree.leaves(plain.init(params)))  # stateless
+    misnamed, _ = optim.build_optimizer(make_config(optimizer="adam", lr_multipliers={"classifier_0": 0.5}), 10)
+    with pytest.raises(ValueError, match="lr_multipliers names classifier_0, which the model lacks; its top-level "
+                                         "modules: bn, dense"):
+        misnamed.update(grads, misnamed.init(params), params)
+
+
 def test_gradient_clipping_bounds_the_global_norm():
     tx, _ = optim.build_optimizer(make_config(momentum=0.0, learning_rate=1.0, grad_clip_norm=1.0), 10)
     params = _params()

@@ -123,6 +123,10 @@ ELEMENT_RULES: dict[str, Range] = {
     "piecewise_values": Range(0, 100),  # learning rates
     "augment.scale_jitter": Range(0, 8192, integer=True),  # (S_min, S_max) pixels; (0, 0): off
 }
+# Fields mapping names the user picks to numbers: a rule for each value.
+MAPPING_RULES: dict[str, Range] = {
+    "lr_multipliers": Range(0, 1000, open_low=True),  # a top-level module's factor on the learning rate
+}
 # The numeric flags that are not config fields (train/main.py).
 FLAG_RULES: dict[str, Range] = {
     "peer_timeout": Range(0, 86_400, open_low=True),
@@ -173,6 +177,11 @@ def validate(config: Mapping) -> None:
         bad = [v for v in values if not rule.accepts(v)]
         if bad:
             raise ValueError(f"invalid {name}={values!r}: each must be {rule.describe()}")
+    for name, rule in MAPPING_RULES.items():
+        mapping = dotted_value(config, name)
+        for key, value in ({} if mapping is ABSENT else mapping).items():
+            if not rule.accepts(value):
+                raise _refuse(f"{name}.{key}", value, rule)
     bounds = dotted_value(config, "piecewise_boundaries")
     bounds = () if bounds is ABSENT else tuple(bounds)
     if list(bounds) != sorted(bounds):
@@ -194,7 +203,8 @@ def validate_flags(values: Mapping[str, Any]) -> None:
 def rule_for(flag: str) -> Range | None:
     """The rule of a flag (`batch_size`, `config.augment.zoom`, `peer_timeout`), or None."""
     name = flag.removeprefix("config.")
-    return RULES.get(name) or ELEMENT_RULES.get(name) or FLAG_RULES.get(name)
+    mapping = MAPPING_RULES.get(name.rsplit(".", 1)[0]) if "." in name else None
+    return RULES.get(name) or ELEMENT_RULES.get(name) or FLAG_RULES.get(name) or mapping
 
 
 def unparsable_flag_message(error: Exception) -> str:
@@ -219,10 +229,11 @@ SAFE_UNLESS_SCHEDULE = {"num_epochs": "cosine", "num_train_steps": "cosine", "ev
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{dotted name: value} of a nested config dict."""
+    """{dotted name: value} of a nested config dict; a mapping field (MAPPING_RULES) stays one value, so that
+    a name added to it or dropped from it is a change too."""
     out = {}
     for key, value in tree.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and f"{prefix}{key}" not in MAPPING_RULES:
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -28,13 +28,15 @@ def describe(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int
                                     config.momentum else "")
     lr = optim.base_learning_rate(config)
     scaled = f" (= {config.lr_per_256} x batch {config.batch_size} / 256)" if config.get("lr_per_256", 0) > 0 else ""
-    decay = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    extras = f", weight decay {config.weight_decay:g}" if config.weight_decay else ""
+    factors = dict(config.get("lr_multipliers", {}))  # per-module rates: "classifier_0 at 0.0204x"
+    extras += "".join(f", {name} at {factor:.3g}x" for name, factor in sorted(factors.items()))
     options = {k: v for k, v in config.model_kwargs.items()}
     kind = recipe_kind(config)
     lines = [
         f"{config.model} on {config.dataset}: {kind} recipe",
         f"  input {h}x{w}x{c}, batch {config.batch_size} over {num_devices} device(s), {steps}",
-        f"  {optimizer}, learning rate {lr:g}{scaled} with a {config.schedule} schedule{decay}",
+        f"  {optimizer}, learning rate {lr:g}{scaled} with a {config.schedule} schedule{extras}",
     ]
     if options:
         lines.append("  model options: " + ", ".join(f"{k}={v}" for k, v in sorted(options.items())))
@@ -52,7 +54,7 @@ def load_measured(path: Path = MEASURED) -> dict:
 
 def changed_settings(measured: dict, config: ml_collections.ConfigDict) -> dict:
     """The settings a measurement recorded that the recipe has changed since: model options, and (recorded
-    from 2026-12-03 on) the learning rate and the augmentation."""
+    from 2026-12-03 on) the learning rate, the augmentation and the per-module learning-rate factors."""
     recorded = {**{f"model_kwargs.{k}": v for k, v in measured.get("model_options", {}).items()},
                 **{f"augment.{k}": v for k, v in measured.get("augment", {}).items()},
                 **({"learning_rate": measured["learning_rate"]} if "learning_rate" in measured else {})}
@@ -61,6 +63,8 @@ def changed_settings(measured: dict, config: ml_collections.ConfigDict) -> dict:
         now = dotted_value(config, key)
         if now != value and not (isinstance(value, list) and tuple(value) == now):  # JSON keeps tuples as lists
             changed[key.removeprefix("model_kwargs.")] = value
+    if "lr_multipliers" in measured and measured["lr_multipliers"] != dict(config.get("lr_multipliers", {})):
+        changed["lr_multipliers"] = measured["lr_multipliers"]  # as a whole: a factor added since counts too
     return changed
 
 
