@@ -2,6 +2,8 @@
 
     python benchmarks/ab.py --model=resnet18 --change=conv    # jaxcnn.conv's im2col gradients vs nn.Conv
     python benchmarks/ab.py --model=resnet18 --change=pool    # the per-tap max pool vs reduce_window + autodiff
+    python benchmarks/ab.py --model=vgg16_bn --image_size=32 --batch_size=32 --change=fold
+                                    # the adaptive pool folded into the first dense layer vs pool + flatten + Dense
 
 Both variants are compiled in one process and timed alternately, step by step, so a busy machine slows both
 alike and the ratio stays meaningful: of the median steps (`speedup`) and of the fastest ones
@@ -38,11 +40,15 @@ except ImportError:  # run as a script from benchmarks/
     from train_step import compile_step, random_batch
 
 # Where the models look the two formulations up (alexnet/vgg/nin reach Conv through the jaxcnn.conv module).
+PlainCNN = jaxcnn.models.alexnet.PlainCNN
 USERS = {"conv": (conv, layers, jaxcnn.models.resnet, jaxcnn.models.densenet),
-         "pool": (jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.alexnet, jaxcnn.models.googlenet)}
+         "pool": (jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.alexnet, jaxcnn.models.googlenet),
+         "fold": (PlainCNN,)}
 # (attribute, ours, plain) per change.
 FORMULATIONS = {"conv": ("Conv", conv.Conv, nn.Conv),
-                "pool": ("max_pool", layers.max_pool, functools.partial(layers.max_pool, per_tap_gradient=False))}
+                "pool": ("max_pool", layers.max_pool, functools.partial(layers.max_pool, per_tap_gradient=False)),
+                # plain: never fold, so the adaptive pool copies the map and the dense layer reads every copy
+                "fold": ("_pool_folds_into", PlainCNN._pool_folds_into, lambda self, x, train: None)}
 
 
 def use_plain(change: str, plain: bool) -> None:

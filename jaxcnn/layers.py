@@ -214,6 +214,36 @@ def adaptive_avg_pool(x: jnp.ndarray, output_size: int | Sequence[int]) -> jnp.n
     return jnp.einsum("oh,nhwc,pw->nopc", rows, x, cols, precision=lax.Precision.HIGHEST)
 
 
+class PooledDense(nn.Module):
+    """`nn.Dense(features)` on `flatten_nchw(adaptive_avg_pool(x, pool_size))`, as one dense layer on x itself.
+
+    The pool is linear, so it folds into the kernel: each input cell's rows are the pool-weighted sum of the
+    rows of the output cells it feeds. Where x is smaller than the pool's output (torchvision VGG's 1x1 map
+    copied over 7x7 at a 32x32 input, AlexNet's over 6x6 at 63x63) the dense layer then does h*w / pool_size^2
+    of the multiply-adds (1/49 for VGG at 32x32). Parameters are nn.Dense's on the pooled input: the same
+    names, shapes and initial values, so weights convert and checkpoints load either way.
+    """
+
+    features: int
+    pool_size: int | Sequence[int]
+    dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        (oh, ow), (h, w), channels = pairs(self.pool_size), x.shape[1:3], x.shape[3]
+        kernel = self.param("kernel", self.kernel_init, (channels * oh * ow, self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        rows = jnp.asarray(_adaptive_bins(h, oh), jnp.float32)  # (oh, h)
+        cols = jnp.asarray(_adaptive_bins(w, ow), jnp.float32)  # (ow, w)
+        folded = jnp.einsum("iy,jx,cijo->cyxo", rows, cols, kernel.reshape(channels, oh, ow, self.features),
+                            precision=lax.Precision.HIGHEST)  # in fp32 whatever the compute dtype
+        x, folded, bias = nn.dtypes.promote_dtype(flatten_nchw(x), folded.reshape(-1, self.features), bias,
+                                                  dtype=self.dtype)
+        return x @ folded + bias
+
+
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
     """Mean over the spatial axes: NHWC -> NC."""
     return jnp.mean(x, axis=(1, 2))

@@ -27,7 +27,10 @@ def bad_values(rule: config_check.Range) -> list:
 
 
 def model_having(flag: str) -> list[str]:
-    """["--model=M"] for a model option's flag (the first model that has the option), else []."""
+    """["--model=M"] for a model option's flag (the first model that has the option) or a learning-rate factor's
+    (a model whose recipe sets it: the flag exists only there), else []."""
+    if flag.startswith("config.lr_multipliers."):
+        return ["--model=vgg16_bn"]
     option = flag.removeprefix("config.model_kwargs.")
     if option == flag:
         return []
@@ -51,6 +54,9 @@ def cases() -> list[tuple[str, str, str, object]]:
         for value in bad_values(rule):
             if isinstance(value, int) or not rule.integer:
                 out.append((f"config.{name}", f"({value!r}, 9)", name, None))
+    for name, rule in config_check.MAPPING_RULES.items():  # vgg16_bn's recipe sets classifier_0's factor
+        for value in bad_values(rule):
+            out.append((f"config.{name}.classifier_0", repr(value), f"{name}.classifier_0", value))
     out.append(("config.piecewise_boundaries", "(8, 5)", "piecewise_boundaries", None))  # must not decrease
     return out
 

@@ -62,9 +62,11 @@ def torchvision_model(name: str, **kw):
     return model
 
 
+# At (63, 70) and (32, 40) AlexNet's and VGG's features end in a 1x1 map, which the adaptive pool would copy
+# over 6x6 / 7x7: there the pool is folded into the first dense layer's kernel (layers.PooledDense).
 @needs_torch
 @pytest.mark.parametrize("name, hw", [("alexnet", (127, 143)), ("vgg11", (64, 80)), ("vgg11_bn", (64, 80)),
-                                      ("vgg16", (64, 80))])
+                                      ("vgg16", (64, 80)), ("alexnet", (63, 70)), ("vgg11_bn", (32, 40))])
 def test_torchvision_eval_logits_match(name, hw):
     model = torchvision_model(name).eval()
     x, x_nhwc = torch_batch((2, 3, *hw))
@@ -104,6 +106,28 @@ def test_vgg11_bn_train_mode_logits_and_running_stats_match():
         expected_var = 0.9 * v0 + (new_torch[layer]["var"] - 0.9 * v0) * (n - 1) / n
         assert rel_err(updated["batch_stats"][layer]["mean"], new_torch[layer]["mean"]) <= TOL, layer
         assert rel_err(updated["batch_stats"][layer]["var"], expected_var) <= TOL, layer
+
+
+@needs_torch
+def test_folded_pool_gradients_match_torch_autograd():
+    """vgg11 in train mode at 32x40 (a 1x1 map under the 7x7 adaptive pool, folded into classifier_0's kernel):
+    the gradients of that kernel (all 25,088 rows), of the first conv and of the input match torch's."""
+    model = torchvision_model("vgg11", dropout=0.0).train()
+    x, x_nhwc = torch_batch((2, 3, 32, 40), seed=2)
+    weights = torch.randn(2, 1000, generator=torch.Generator().manual_seed(3))  # loss = sum(logits * weights)
+    x.requires_grad_(True)
+    (model(x) * weights).sum().backward()
+    variables = torchvision_to_flax("vgg11", model.state_dict())
+    flax_model = get_model("vgg11", dropout=0.0)
+
+    def loss(params, x):
+        return jnp.sum(flax_model.apply({**variables, "params": params}, x, train=True) * weights.numpy())
+
+    grads, x_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], jnp.asarray(x_nhwc))
+    assert rel_err(grads["classifier_0"]["kernel"], model.classifier[0].weight.grad.numpy().T) <= TOL
+    assert rel_err(grads["classifier_0"]["bias"], model.classifier[0].bias.grad.numpy()) <= TOL
+    assert rel_err(grads["features_0"]["kernel"], model.features[0].weight.grad.numpy().transpose(2, 3, 1, 0)) <= TOL
+    assert rel_err(x_grad, x.grad.numpy().transpose(0, 2, 3, 1)) <= TOL
 
 
 @needs_torch

@@ -93,6 +93,30 @@ def test_adaptive_avg_pool_by_hand():
     close(out, [2.0, 3.0, 4.0])
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (9, 8)])
+def test_pooled_dense_is_the_dense_layer_on_the_pooled_map(hw):
+    """PooledDense(x) = nn.Dense on flatten_nchw(adaptive_avg_pool(x, 7)), with the same parameters, for maps
+    smaller, equal and larger than the pool's output; for a 1x1 map at under 1/40 of the FLOPs at batch 256
+    (1/49 per example, plus the fold once per batch)."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (4, *hw, 16))
+    pooled = layers.PooledDense(5, 7)
+    variables = pooled.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, variables["params"]) == {"kernel": (16 * 49, 5), "bias": (5,)}
+    variables = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.key(2), p.shape), variables)
+
+    def plain(v, x):
+        return nn.Dense(5).apply(v, layers.flatten_nchw(layers.adaptive_avg_pool(x, 7)))
+
+    ours, ref = jax.jit(pooled.apply)(variables, x), jax.jit(plain)(variables, x)
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-6  # fp32 rounding of another summation order
+    if hw == (1, 1):
+        x = jax.random.normal(jax.random.key(0), (256, 1, 1, 16))
+        flops = [jax.jit(f).lower(variables, x).compile().cost_analysis()["flops"] for f in (pooled.apply, plain)]
+        assert flops[0] < flops[1] / 40, flops
+
+
 def test_flatten_nchw_and_scaled_tanh():
     x = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2)
     assert layers.flatten_nchw(x).tolist() == [to_nchw(x).reshape(-1).tolist()]

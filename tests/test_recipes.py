@@ -295,19 +295,22 @@ def test_list_models_marks_a_measurement_taken_with_other_settings():
         return dict(wall_s=600.0, best_top1=0.975, steps=recipe_for(name).num_train_steps, batch_size=32, **settings)
 
     vgg = recipe_for("vgg16_bn")
-    same = dict(learning_rate=vgg.learning_rate, augment=json.loads(json.dumps(vgg.augment.to_dict())))
+    same = dict(learning_rate=vgg.learning_rate, augment=json.loads(json.dumps(vgg.augment.to_dict())),
+                lr_multipliers=json.loads(json.dumps(vgg.lr_multipliers.to_dict())))
     measured = {"embedded": {"resnet101": run("resnet101", model_options={"zero_init_residual": True}),
                              "resnet152": run("resnet152", model_options={"zero_init_residual": False}),
                              "resnet50": dict(run("resnet50"), steps=7),
                              "vgg16_bn": run("vgg16_bn", **same),
-                             "vgg13_bn": run("vgg13_bn", **dict(same, learning_rate=1e-3)),
+                             "vgg13_bn": run("vgg13_bn", **dict(same, learning_rate=1e-4)),
+                             "vgg19_bn": run("vgg19_bn", **dict(same, lr_multipliers={})),
                              "vgg11_bn": run("vgg11_bn", **dict(same, augment=dict(same["augment"],
                                                                                     rotation_degrees=45.0)))}}
-    names = ["resnet101", "resnet152", "resnet50", "vgg16_bn", "vgg13_bn", "vgg11_bn"]
+    names = ["resnet101", "resnet152", "resnet50", "vgg16_bn", "vgg13_bn", "vgg11_bn", "vgg19_bn"]
     rows = {line.split()[0]: line for line in describe.models_table(names, measured).splitlines()}
     assert "97.50%" in rows["resnet101"] and "measured with" not in rows["resnet101"]
     assert "97.50%" in rows["vgg16_bn"] and "measured with" not in rows["vgg16_bn"]  # tuples read back as lists
     assert "97.50% (measured with zero_init_residual=False)" in rows["resnet152"]
     assert "97.50% (measured with 7 steps of 32)" in rows["resnet50"]
-    assert "97.50% (measured with learning_rate=0.001)" in rows["vgg13_bn"]
+    assert "97.50% (measured with learning_rate=0.0001)" in rows["vgg13_bn"]
+    assert "97.50% (measured with lr_multipliers={})" in rows["vgg19_bn"]  # the recipe has added a factor
     assert "97.50% (measured with augment.rotation_degrees=45.0)" in rows["vgg11_bn"]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxcnn import conv
 from jaxcnn.layers import (
+    PooledDense,
     adaptive_avg_pool,
     batch_norm,
     flatten_nchw,
@@ -127,22 +128,44 @@ class PlainCNN(nn.Module):
     def __call__(self, x, train: bool = False):
         check_input(x, self)
         x = self._run(self.features, "features", x.astype(self.dtype), train)
+        first = self._pool_folds_into(x, train)
+        if first is not None:  # the pool and flatten go into that dense layer's kernel (layers.PooledDense)
+            name = f"classifier_{first}"
+            x = PooledDense(self._width(self.classifier[first].features), self.pool_size, dtype=self.dtype,
+                            name=name, **self._inits(name))(x)
+            return self._run(self.classifier, "classifier", x, train, start=first + 1).astype(jnp.float32)
         if self.pool_size is not None:
             x = adaptive_avg_pool(x, self.pool_size)
         x = HEADS[self.head](x)
         return self._run(self.classifier, "classifier", x, train).astype(jnp.float32)
 
-    def _run(self, table: Sequence[Any], prefix: str, x, train: bool):
-        for i, layer in enumerate(table):
+    def _pool_folds_into(self, x, train: bool) -> int | None:
+        """The index of the classifier's first dense layer where the adaptive pool would only spread a smaller
+        map over more cells for it (VGG at 32x32: 1x1 -> 7x7) with nothing between them but inactive dropout;
+        else None."""
+        if self.pool_size is None or self.head != "nchw" or x.shape[1] * x.shape[2] >= self.pool_size ** 2:
+            return None
+        for i, layer in enumerate(self.classifier):
+            if isinstance(layer, Dense):
+                return i
+            if not (isinstance(layer, Dropout) and (layer.rate == 0 or not train)):
+                return None
+        return None
+
+    def _run(self, table: Sequence[Any], prefix: str, x, train: bool, start: int = 0):
+        for i, layer in enumerate(table[start:], start):
             x = self._layer(layer, f"{prefix}_{i}", x, train)
         return x
 
-    def _layer(self, layer: Any, name: str, x, train: bool):
-        def width(features):
-            return self.num_classes if features is None else features
+    def _width(self, features: int | None) -> int:
+        return self.num_classes if features is None else features
 
-        init = dict(bias_init=nn.initializers.ones if name in self.ones_bias else nn.initializers.zeros,
+    def _inits(self, name: str) -> dict:
+        return dict(bias_init=nn.initializers.ones if name in self.ones_bias else nn.initializers.zeros,
                     kernel_init=self.kernel_init or kernel_init(self.weight_init))
+
+    def _layer(self, layer: Any, name: str, x, train: bool):
+        width, init = self._width, self._inits(name)
         match layer:
             case Conv():
                 return conv.Conv(width(layer.features), (layer.kernel, layer.kernel), (layer.stride, layer.stride),
