@@ -143,7 +143,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # min there (~1.08 s a step, ~4 min of start-up, compilation and evaluations); 570 steps: 97.45% in 15.5 min
     # on the Intel host with 24% of its CPU stolen, 97.45% in 10.6 min with 10% stolen (~0.75 s a step).
     # wide_resnet101_2's 360 steps with it: 95.75% in 13.1 min (AMD, ~1.5 s a step); resnext101_32x8d needed
-    # 480 steps for 97.2% (below), so 520 at the Intel host's rate (~1 s a step, predicted).
+    # 480 steps for 97.2% (below), so 520: 97.05% in 16.6 min (Intel host, 17% of its CPU stolen; ~1.5 s a
+    # step, 95.05% at step 260): at the line on both counts, kept.
     # On the (faster) Intel host the ResNeXt-101s ended early and short: 340 steps of resnext101_32x8d 96.15% in
     # 10.1 min, 350 of resnext101_64x4d 95.80% in 11.1 (~1.25 and ~1.4 s a step, ~3 min fixed). 480 steps of
     # resnext101_32x8d: 97.20%, but in 17.8 min (~2 s a step, 19% of the CPU stolen by other tenants); 97.20%
