@@ -28,7 +28,7 @@ def bad_values(rule: config_check.Range) -> list:
 
 def model_having(flag: str) -> list[str]:
     """["--model=M"] for a model option's flag (the first model that has the option) or a learning-rate factor's
-    (a model whose recipe sets it: the flag exists only there), else []."""
+    (classifier_0's, which vgg16_bn's recipe sets), else []."""
     if flag.startswith("config.lr_multipliers."):
         return ["--model=vgg16_bn"]
     option = flag.removeprefix("config.model_kwargs.")

@@ -99,6 +99,22 @@ def test_cli_scales_the_batch_learning_rate_and_names_the_recipe(tmp_path):
     assert "learning rate 0.2 with" in explicit.stdout.splitlines()[2]  # a given rate is not scaled
 
 
+def test_any_module_gets_a_learning_rate_factor_from_the_command_line(tmp_path):
+    """--config.lr_multipliers.NAME for a module the recipe does not name (torch's parameter groups): the factor
+    reaches the optimizer (the run's third line names it); a module the model lacks gets one line naming those
+    it has."""
+    done = run_cli("--model=mlp", "--config.lr_multipliers.Dense_0=0.25", "--num_train_steps=2",
+                   f"--workdir={tmp_path / 'named'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[2].endswith("with a cosine schedule, Dense_0 at 0.25x")
+    bogus = run_cli("--model=mlp", "--config.lr_multipliers.dense=0.5", "--num_train_steps=2",
+                    f"--workdir={tmp_path / 'bogus'}")
+    lines = bogus.stderr.strip().splitlines()
+    assert bogus.returncode == 1 and "Traceback" not in bogus.stderr
+    assert lines[-1] == ("error: lr_multipliers names dense, which the model lacks; its top-level modules: "
+                         "Dense_0, Dense_1, Dense_2")
+
+
 def test_bad_model_options_get_one_line(tmp_path):
     cases = {("--model=mlp", "--config.model_kwargs.bogus=1"): "mlp has no option 'bogus' (its options: dropout)",
              ("--model=googlenet_2014", "--config.model_kwargs.aux_logits=maybe"): "--config.model_kwargs.aux_logits",

@@ -31,9 +31,19 @@ def argv_value(name: str, argv: list[str]) -> str:
     return value
 
 
+def multiplier_names(argv: list[str]) -> list[str]:
+    """The module names of the --config.lr_multipliers.NAME flags in `argv`, in order, each once."""
+    names = (re.match(r"--config\.lr_multipliers\.([^=.]+)(=|$)", arg) for arg in argv)
+    return list(dict.fromkeys(match.group(1) for match in names if match))
+
+
 def recipe_spec(argv: list[str]) -> str:
-    """The --config default: the recipe file with the --model and --dataset of `argv`."""
-    return f"{RECIPE_FILE}:{argv_value('model', argv)},{argv_value('dataset', argv)}"
+    """The --config default: the recipe file with the --model and --dataset of `argv`, and the modules that
+    --config.lr_multipliers.NAME flags name (so that a flag is defined for each, as torch lets any parameter
+    group have its own rate)."""
+    names = "+".join(multiplier_names(argv))
+    spec = f"{RECIPE_FILE}:{argv_value('model', argv)},{argv_value('dataset', argv)}"
+    return f"{spec},lr={names}" if names else spec
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -52,6 +62,8 @@ def unknown_override(argv: list[str]) -> str | None:
         if not match:
             continue
         node, path = config, match.group(1).split(".")
+        if path[0] == "lr_multipliers" and len(path) == 2:
+            continue  # any module name: recipe_spec defines its flag, the optimizer checks the model has it
         for depth, part in enumerate(path):
             if isinstance(node, ConfigDict) and part in node:
                 node = node[part]

@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # masked to conv/dense kernels
     c.grad_clip_norm = 0.0  # 0: off
     # {top-level module name: factor}: that module trains at factor x the learning rate (torch's parameter
-    # groups), e.g. --config.lr_multipliers.classifier_0=0.5 where the recipe names it.
+    # groups), e.g. --config.lr_multipliers.classifier_0=0.5 for any module.
     c.lr_multipliers = ml_collections.ConfigDict()
     c.label_smoothing = 0.0
     c.map_loss_j = 0.0  # > 0: LeNet-5 1998's MAP loss, a constant competitor logit -j (jaxcnn.training); 0: off
