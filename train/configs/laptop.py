@@ -44,7 +44,7 @@ BASE: dict[str, Any] = {
 FAMILY: dict[str, dict[str, Any]] = {
     "lenet": {},  # every member has its own entry below
     "alexnet": {"learning_rate": 1e-4, "batch_size": 32, "num_train_steps": 300, "eval_every_steps": 150},
-    # vgg16's measured settings (see MODELS) for the whole family; what the siblings reach with them: README.
+    # What the family shares (first measured on vgg16); each member sets its own steps in MODELS.
     "vgg": {"image_size": 32, "learning_rate": 1e-4, "batch_size": 32, "num_train_steps": 500,
             "eval_every_steps": 250, "model_kwargs.dropout": 0.0, "model_kwargs.weight_init": "he"},
     # Dropout off wherever a run lasts about one epoch: there it only slows the fit (measured on alexnet, vgg16).
