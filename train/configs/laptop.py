@@ -125,7 +125,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # batches of 32 buy 1.5x the images per second: 500 steps of 32, 1.6 epochs: 97.05% in 9.3 min (load ~4),
     # 97.25% in 17.9 min at load 6.6.
     # With the pool folded into classifier_0 (below), 500 steps took 10.9 min: 96.60% (cold compilation cache,
-    # idle; 94.75% at step 250, ~28 img/s): 650, ~14 minutes at that rate.
+    # idle; 94.75% at step 250, ~28 img/s); 650 steps: 97.10% in 14.7 min (cold cache, 1% stolen, ~25 img/s
+    # that hour; 94.80% at step 325).
     "vgg16": {"num_train_steps": 650, "eval_every_steps": 325},
     # 400 steps: 95.15% in 3.1 min (load 9.5; resnet18 reached 97.55% with them): 2.5x the steps; measured
     # 96.3% in 13.1 min (load 3.2 -> 5.9), short of 97%.
