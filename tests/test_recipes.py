@@ -55,7 +55,7 @@ def test_recipe_follows_the_dataset():
 
     for dataset in ("mnist", "folder:/data/mnist"):
         lenet = recipe_for("lenet5", dataset)
-        assert lenet.dataset == dataset and lenet.num_epochs == 30 and lenet.normalize == "mnist"
+        assert lenet.dataset == dataset and lenet.num_epochs == 20 and lenet.normalize == "mnist"
         paper = recipe_for("lenet5_1998", dataset)
         assert paper.model_kwargs.paper_init and tuple(paper.piecewise_boundaries) == (2, 5, 8, 12)
         assert paper.map_loss_j > 0  # the paper's MAP loss (eq. 9), not the plain cross-entropy
