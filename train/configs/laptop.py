@@ -70,6 +70,10 @@ FAMILY: dict[str, dict[str, Any]] = {
     "densenet": {"image_size": 32, "batch_size": 32, "num_train_steps": 400, "eval_every_steps": 200},
 }
 
+# A VGG at 32x32 ends in a 1x1 map that the adaptive pool copies 49 times into classifier_0, whose 49 kernel
+# rows per feature then share one gradient: Adam moves their sum 49x as far. That layer at 1/49 of the rate.
+VGG_HEAD_AT_32: dict[str, Any] = {"lr_multipliers.classifier_0": 1 / 49}
+
 MODELS: dict[str, dict[str, Any]] = {
     # The seeds' LeNet-5 recipe (train/configs/lenet5_mnist.py history). Best top-1 with per-example
     # augmentation 98.40% (seeds 0/1/2: 98.40, 98.00, 98.00); with the batched augmentation (other random draws,
@@ -130,8 +134,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # that hour; 94.80% at step 325). Its classifier_0 meets the 1x1 map 49 times too (the BN VGGs below), so
     # Adam moved it at 49x the rate: at 1/49 of it, the rest at 3e-4, 500 steps: 97.20% in 13.6 min (cold cache,
     # 6% stolen, ~23 img/s that hour; 95.30% at step 250 where 1e-4 had 94.75%).
-    "vgg16": {"num_train_steps": 500, "eval_every_steps": 250, "learning_rate": 3e-4,
-              "lr_multipliers.classifier_0": 1 / 49},
+    "vgg16": {"num_train_steps": 500, "eval_every_steps": 250, "learning_rate": 3e-4, **VGG_HEAD_AT_32},
     # 400 steps: 95.15% in 3.1 min (load 9.5; resnet18 reached 97.55% with them): 2.5x the steps; measured
     # 96.3% in 13.1 min (load 3.2 -> 5.9), short of 97%.
     # With 1000 steps it fits the training digits (99.0% over the last 100 steps) but not the validation ones
@@ -192,8 +195,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # fixed; 87.95% at step 240), the training loss still falling; 600 steps: 97.30%, but in 15.9 min (2% stolen;
     # ~1.4 s a step that hour, and ~35 s for the mid-run evaluation and its 1.7 GB checkpoint); 560 steps: 96.70%
     # in 13.6 min (idle, ~1.25 s a step): back to 600, which fits 15 minutes at that rate (~14.4 min).
-    **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2, "learning_rate": 1e-3,
-              "lr_multipliers.classifier_0": 1 / 49}
+    **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2, "learning_rate": 1e-3, **VGG_HEAD_AT_32}
        for name, steps in (("vgg11_bn", 500), ("vgg13_bn", 450), ("vgg16_bn", 420), ("vgg19_bn", 600))},
 }
 
