@@ -1,6 +1,8 @@
 """Same-process A/B of one of our CPU formulations against plain flax/XLA, on the full train step.
 
     python benchmarks/ab.py --model=resnet18 --change=conv    # jaxcnn.conv's im2col gradients vs nn.Conv
+    python benchmarks/ab.py --model=lenet5 --image_size=28 --batch_size=32 --change=conv --steps=300
+                                    # and its sum of taps for a grey input
     python benchmarks/ab.py --model=resnet18 --change=pool    # the per-tap max pool vs reduce_window + autodiff
     python benchmarks/ab.py --model=vgg16_bn --image_size=32 --batch_size=32 --change=fold
                                     # the adaptive pool folded into the first dense layer vs pool + flatten + Dense
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import jaxcnn.models.alexnet
 import jaxcnn.models.densenet
 import jaxcnn.models.googlenet
+import jaxcnn.models.lenet
 import jaxcnn.models.resnet
 from jaxcnn import conv, layers
 
@@ -41,7 +44,7 @@ except ImportError:  # run as a script from benchmarks/
 
 # Where the models look the two formulations up (alexnet/vgg/nin reach Conv through the jaxcnn.conv module).
 PlainCNN = jaxcnn.models.alexnet.PlainCNN
-USERS = {"conv": (conv, layers, jaxcnn.models.resnet, jaxcnn.models.densenet),
+USERS = {"conv": (conv, layers, jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.lenet),
          "pool": (jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.alexnet, jaxcnn.models.googlenet),
          "fold": (PlainCNN,)}
 # (attribute, ours, plain) per change.

@@ -77,6 +77,25 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
     return (dn.lhs_spec, dn.rhs_spec, dn.out_spec) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
+def _grey_taps(x, w, strides, padding):
+    """A one-channel input's convolution as a sum over the window's taps of its shifted input times the tap's row
+    of the kernel: one fused loop of multiply-adds. XLA:CPU's convolution of a grey image runs far below its
+    FLOPs (LeNet-5's C1, 32x28x28x1 -> 6: 2.0 ms against 0.2 ms this way; VGG's first layer at 32x32 -> 64: 0.8
+    against 0.4); strided windows (ResNet's 7x7/2 stem, AlexNet's 11x11/4) are faster in XLA's (benchmarks/NOTES.md)."""
+    out_hw = _out_hw(x.shape[1:3], w.shape[0:2], strides, padding)
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    taps = window_taps(xp, w.shape[0:2], strides, out_hw)
+    # Channels first, so that the loop runs along the image's rows rather than over a handful of channels.
+    out = functools.reduce(jnp.add, (w[i, j, 0][:, None, None, None] * tap[None, ..., 0]
+                                     for tap, (i, j) in zip(taps, tap_offsets(w.shape[0:2]))))
+    return out.transpose(1, 2, 3, 0)
+
+
+def _is_grey(w_shape, strides, groups) -> bool:
+    """Where `_grey_taps` computes the forward pass: one input channel, a stride-1 window."""
+    return w_shape[2] == 1 and groups == 1 and tuple(int(s) for s in strides) == (1, 1)
+
+
 def _forward(x, w, strides, padding, groups=1):
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=groups)
@@ -127,6 +146,8 @@ def _weight_tangent(x, dw, strides, padding, groups):
     patches^T @ dy. Under `jax.checkpoint` the patches are residuals of nothing: reverse mode builds them from x
     in the backward pass, as a hand-written VJP would, instead of keeping every layer's from the forward."""
     kh, kw, ci, co = dw.shape
+    if ci < MIN_CHANNELS:  # a grey image: XLA's own weight gradient (see MIN_CHANNELS)
+        return _forward(x, dw, strides, padding, groups)
     ci *= groups  # the patches hold every group's channels
     gemm = jax.checkpoint(functools.partial(_patch_gemm, strides=strides, padding=padding, groups=groups))
     n = x.shape[0]
@@ -145,8 +166,8 @@ def _weight_tangent(x, dw, strides, padding, groups):
 
 def _input_tangent(dx, w, strides, padding, groups):
     """The term dx * w of the convolution's tangent, written so that its transpose is the fast input gradient."""
-    if groups > 1:  # XLA's own transpose of a grouped convolution is a grouped convolution too, and as fast
-        return _forward(dx, w, strides, padding, groups)
+    if groups > 1 or w.shape[2] < MIN_CHANNELS:  # XLA's own transpose: as fast for a grouped convolution (a
+        return _forward(dx, w, strides, padding, groups)  # grouped one too); a first layer's is never computed
     if strides == (1, 1) and not _is_tiny(dx, w, strides, padding):
         # The same convolution, with w read as HWOI after swapping its channel axes: transposed, this is the
         # forward convolution of dy with the flipped kernel in plain HWIO, the form measured and kept
@@ -159,6 +180,8 @@ def _input_tangent(dx, w, strides, padding, groups):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _conv(x, w, strides, padding, groups):
+    if _is_grey(w.shape, strides, groups):
+        return _grey_taps(x, w, strides, padding)
     if groups == 1 and _is_tiny(x, w, strides, padding):
         return _patch_gemm(x, w, strides, padding)
     return _forward(x, w, strides, padding, groups)
@@ -182,20 +205,33 @@ def _conv_jvp(strides, padding, groups, primals, tangents):
 def uses_matmul_gradients(x_shape, w_shape, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                           feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
     """Whether `conv_general_dilated` takes the im2col gradient path for these arguments on FAST_PLATFORMS."""
+    return _is_plain_nhwc(x_shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count) and (
+        w_shape[2] >= MIN_CHANNELS)
+
+
+def uses_grey_taps(x_shape, w_shape, window_strides, *, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
+    """Whether `conv_general_dilated` computes the forward pass as `_grey_taps` on FAST_PLATFORMS."""
+    return _is_plain_nhwc(x_shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count) and (
+        _is_grey(w_shape, window_strides, feature_group_count))
+
+
+def _is_plain_nhwc(x_shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count) -> bool:
     return (_is_nhwc(dimension_numbers, len(x_shape))
             and batch_group_count == 1
-            and tuple(lhs_dilation or (1, 1)) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
-            and w_shape[2] >= MIN_CHANNELS)
+            and tuple(lhs_dilation or (1, 1)) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1))
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated`, with im2col gradients where `uses_matmul_gradients` says so."""
-    if precision is None and preferred_element_type is None and uses_matmul_gradients(
-            lhs.shape, rhs.shape, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count):
+    """`lax.conv_general_dilated`, with im2col gradients where `uses_matmul_gradients` says so and a sum over
+    the window's taps where `uses_grey_taps` does."""
+    layout = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                  feature_group_count=feature_group_count, batch_group_count=batch_group_count)
+    if precision is None and preferred_element_type is None and (
+            uses_matmul_gradients(lhs.shape, rhs.shape, **layout)
+            or uses_grey_taps(lhs.shape, rhs.shape, window_strides, **layout)):
         strides = tuple(int(s) for s in window_strides)
         padding = _resolve(lhs.shape, rhs.shape, strides, padding)
         groups = int(feature_group_count)
@@ -209,4 +245,5 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
-__all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_matmul_gradients", "window_taps"]
+__all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_grey_taps", "uses_matmul_gradients",
+           "window_taps"]

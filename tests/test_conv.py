@@ -85,6 +85,41 @@ def test_grouped_values_and_gradients_equal_lax(hw, ci, co, groups, strides):
     assert (convolutions(lax.conv_general_dilated), convolutions(conv.conv_general_dilated)) == (2, 1)
 
 
+GREY_CASES = [  # (input HW, out channels, kernel HW, padding): one input channel, stride 1
+    ((28, 28), 6, (5, 5), "SAME"),    # LeNet-5's C1
+    ((32, 32), 6, (5, 5), "VALID"),   # LeNet-5 1998's C1
+    ((10, 9), 16, (3, 3), ((1, 1), (1, 1))),  # VGG's first layer on a grey image
+]
+
+
+@pytest.mark.parametrize("hw, co, kernel, padding", GREY_CASES)
+def test_grey_input_is_a_sum_of_taps_with_laxs_values_and_gradients(hw, co, kernel, padding):
+    kx, kw, kc = jax.random.split(jax.random.key(2), 3)
+    x = jax.random.normal(kx, (3, *hw, 1))
+    w = jax.random.normal(kw, (*kernel, 1, co)) * 0.3
+    assert conv.uses_grey_taps(x.shape, w.shape, (1, 1), dimension_numbers=NHWC)
+    assert not conv.uses_grey_taps(x.shape, w.shape, (2, 2), dimension_numbers=NHWC)  # strided: XLA's is faster
+    assert not conv.uses_matmul_gradients(x.shape, w.shape, dimension_numbers=NHWC)
+
+    def loss(f):
+        def fn(x, w):
+            y = f(x, w, (1, 1), padding, dimension_numbers=NHWC)
+            return jnp.sum(jnp.sin(y) * jax.random.normal(kc, y.shape))
+        return fn
+
+    ours = jax.jit(jax.value_and_grad(loss(conv.conv_general_dilated), argnums=(0, 1)))(x, w)
+    ref = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), argnums=(0, 1)))(x, w)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5)  # the taps sum in another order than XLA's convolution
+    for a, b in zip(ours[1], ref[1]):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+    # The forward pass has no convolution left; the weight and input gradients are XLA's own convolutions.
+    def convolutions(f, argnums):
+        return jax.jit(jax.grad(loss(f), argnums=argnums)).lower(x, w).compile().as_text().count(" convolution(")
+    assert convolutions(conv.conv_general_dilated, 1) == convolutions(lax.conv_general_dilated, 1) - 1
+
+
 def test_weight_gradient_summed_over_batch_slices_is_the_same(monkeypatch):
     """Patches bigger than PATCH_BYTES are built a slice of the batch at a time: the same gradient, as close to
     the exact one (float64, by numpy) as the gradient built at once. (The two differ by a few ulps: each sums 600

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn.conv import Conv, conv_general_dilated
 from jaxcnn.layers import avg_pool, scaled_tanh
 from jaxcnn.models.common import check_input
 from jaxcnn.models.registry import register
@@ -51,11 +52,11 @@ class LeNet5(nn.Module):
     def __call__(self, x, train: bool = False):
         check_input(x, self)
         x = x.astype(self.dtype)
-        x = nn.tanh(nn.Conv(6, (5, 5), padding="SAME", dtype=self.dtype, name="c1")(x))
+        x = nn.tanh(Conv(6, (5, 5), padding="SAME", dtype=self.dtype, name="c1")(x))
         x = avg_pool(x, 2)
-        x = nn.tanh(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="c3")(x))
+        x = nn.tanh(Conv(16, (5, 5), padding="VALID", dtype=self.dtype, name="c3")(x))
         x = avg_pool(x, 2)
-        x = nn.tanh(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
+        x = nn.tanh(Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
         x = x.reshape(x.shape[0], -1)
         x = nn.tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
@@ -184,7 +185,7 @@ class SparseConv(nn.Module):
         kernel = self.param("kernel", init, (k, k, len(src)))
         bias = self.param("bias", bias_init, (maps_out,))
         dense = jnp.zeros((k, k, maps_in, maps_out), self.dtype).at[:, :, src, dst].set(kernel.astype(self.dtype))
-        y = lax.conv_general_dilated(x, dense, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv_general_dilated(x, dense, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias.astype(self.dtype)
 
 
@@ -221,11 +222,11 @@ class LeNet5_1998(nn.Module):
                              f"num_classes must be 10, got {self.num_classes} (use 'lenet5' for other counts)")
         x = x.astype(self.dtype)
         paper = self.paper_init
-        x = scaled_tanh(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1", **self._init(25))(x))
+        x = scaled_tanh(Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1", **self._init(25))(x))
         x = scaled_tanh(Subsampling(self.dtype, paper, name="s2")(x))
         x = scaled_tanh(SparseConv(C3_TABLE, dtype=self.dtype, paper_init=paper, name="c3")(x))
         x = scaled_tanh(Subsampling(self.dtype, paper, name="s4")(x))
-        x = scaled_tanh(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5", **self._init(400))(x))
+        x = scaled_tanh(Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5", **self._init(400))(x))
         x = scaled_tanh(nn.Dense(84, dtype=self.dtype, name="f6", **self._init(120))(x.reshape(x.shape[0], -1)))
         centers = jnp.asarray(rbf_centers(), jnp.float32)
         distances = jnp.sum(jnp.square(x.astype(jnp.float32)[:, None, :] - centers), axis=-1)
