@@ -74,6 +74,16 @@ FAMILY: dict[str, dict[str, Any]] = {
 # rows per feature then share one gradient: Adam moves their sum 49x as far. That layer at 1/49 of the rate.
 VGG_HEAD_AT_32: dict[str, Any] = {"lr_multipliers.classifier_0": 1 / 49}
 
+# The biggest models at the 15-minute line evaluate once, at the end. An evaluation never changes the training,
+# only what it costs: vgg19_bn's mid-run one (2,000 images, then a 1.7 GB checkpoint of the parameters and
+# Adam's moments) took ~35 s, ~20 s of pause and then steps at a third of their rate beside the save.
+EVALUATED_AT_THE_END_ONLY = ("vgg19_bn", "resnext101_64x4d", "wide_resnet101_2")
+
+
+def evaluations(name: str, steps: int) -> dict[str, Any]:
+    """One evaluation half-way and one at the end; at the end only for EVALUATED_AT_THE_END_ONLY."""
+    return {"num_train_steps": steps, "eval_every_steps": steps if name in EVALUATED_AT_THE_END_ONLY else steps // 2}
+
 MODELS: dict[str, dict[str, Any]] = {
     # The seeds' LeNet-5 recipe (train/configs/lenet5_mnist.py history). Best top-1 with per-example
     # augmentation 98.40% (seeds 0/1/2: 98.40, 98.00, 98.00); with the batched augmentation (other random draws,
@@ -163,7 +173,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # 250); 400 steps: 96.60% in 11.6 min (cold compilation cache, under 1% stolen; ~1.3 s a step, ~3 min fixed):
     # 480, ~13 minutes at that rate; measured an hour later: 96.80% in 19.6 min (12% of the CPU stolen, the host
     # at about half its earlier rate: ~12 img/s against ~24): short on both counts that hour.
-    **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2,
+    **{name: {**evaluations(name, steps),
               "augment.random_crop_padding": 2, "augment.rotation_degrees": 8.0,
               **({"model_kwargs.zero_init_residual": True} if deep else {})}
        for name, steps, deep in (("resnet50", 1400, False), ("resnet101", 1000, True), ("resnet152", 570, True),
@@ -195,7 +205,7 @@ MODELS: dict[str, dict[str, Any]] = {
     # fixed; 87.95% at step 240), the training loss still falling; 600 steps: 97.30%, but in 15.9 min (2% stolen;
     # ~1.4 s a step that hour, and ~35 s for the mid-run evaluation and its 1.7 GB checkpoint); 560 steps: 96.70%
     # in 13.6 min (idle, ~1.25 s a step): back to 600, which fits 15 minutes at that rate (~14.4 min).
-    **{name: {"num_train_steps": steps, "eval_every_steps": steps // 2, "learning_rate": 1e-3, **VGG_HEAD_AT_32}
+    **{name: {**evaluations(name, steps), "learning_rate": 1e-3, **VGG_HEAD_AT_32}
        for name, steps in (("vgg11_bn", 500), ("vgg13_bn", 450), ("vgg16_bn", 420), ("vgg19_bn", 600))},
 }
 

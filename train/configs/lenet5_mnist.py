@@ -34,6 +34,7 @@ def get_config(model: str = "lenet5"):
     c.schedule = "piecewise"
     c.piecewise_boundaries = (10, 15)  # epochs
     c.piecewise_values = (0.05, 0.01, 0.002)
+    c.weight_decay = 5e-4  # on the kernels, as Caffe's MNIST LeNet and the VGG/AlexNet papers
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5000
     return c
