@@ -1,6 +1,8 @@
 """Test set-up: 8 forced CPU devices, set before jax is imported anywhere."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from jaxcnn import xla_flags  # no jax import: only string handling
@@ -16,8 +18,11 @@ os.environ["XLA_FLAGS"] = xla_flags.with_defaults(" ".join(
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The trainer's compilation cache (train/compile_cache.py) goes to a directory of this session, not the user's.
-os.environ.setdefault("JAXCNN_HOME", tempfile.mkdtemp(prefix="jaxcnn-tests-"))
+# The trainer's compilation cache (train/compile_cache.py) goes to a directory of this session, not the user's,
+# made by the first process (xdist's workers inherit the variable) and removed when it exits.
+if "JAXCNN_HOME" not in os.environ:
+    os.environ["JAXCNN_HOME"] = tempfile.mkdtemp(prefix="jaxcnn-tests-")
+    atexit.register(shutil.rmtree, os.environ["JAXCNN_HOME"], ignore_errors=True)
 
 # torch must be imported before TensorFlow: the other order segfaults while torch probes for triton
 # (TF's bundled LLVM symbols clash with triton's). Importing it here fixes the order for every test module.

@@ -96,30 +96,6 @@ def test_epoch_is_a_function_of_seed_and_epoch_and_resumes():
     assert _batches(pipe, 0, skip=10) == []
 
 
-@pytest.mark.parametrize("chunk", [3, 8])
-def test_in_memory_batches_made_in_chunks_are_the_batches_made_one_by_one(chunk, monkeypatch):
-    """The batch ops of an in-memory source run on CHUNK_BATCHES batches at once; every batch, augmented or
-    padded, resumed or not, must come out bit for bit as when they ran batch by batch (3 leaves a short last
-    chunk: 10 batches)."""
-    def epochs():
-        train = _train_pipe(batch_size=200)
-        evaluation = make_pipeline("embedded_mnist", "validation", batch_size=300, image_shape=(28, 28, 1),
-                                   train=False, seed=0)  # 7 batches, the last padded with 100 examples of mask 0
-        return _batches(train, 0) + _batches(train, 1, skip=4) + _batches(evaluation)
-
-    monkeypatch.setattr(pipeline_lib, "CHUNK_BATCHES", 1)
-    one_by_one = epochs()
-    monkeypatch.setattr(pipeline_lib, "CHUNK_BATCHES", chunk)
-    chunked = epochs()
-    assert len(one_by_one) == len(chunked) == 10 + 6 + 7
-    for a, b in zip(one_by_one, chunked, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype
-            np.testing.assert_array_equal(a[key], b[key])
-    assert chunked[-1]["mask"].sum() == 200
-
-
 def test_in_memory_epochs_are_whole_permutations_whose_global_batches_ignore_the_process_count():
     # The embedded split is shuffled in numpy: every example once an epoch, a new order each epoch, and the
     # examples of global batch b the same whether one process reads it or four share it.

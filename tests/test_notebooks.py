@@ -81,6 +81,7 @@ def xla_flags(devices: int) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, kernel_env, tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", xla_flags(DEVICES.get(path.stem, 1)))  # read by the kernel at its start
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' tempfile workdirs go with the test's directory
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
                                      resources={"metadata": {"path": str(tmp_path)}})

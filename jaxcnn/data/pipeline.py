@@ -8,8 +8,8 @@ function of (seed, epoch): the shuffle seed comes from (seed, epoch) and each ex
 without decoding them and yields exactly what `epoch(e)` yields from batch k on. The per-image work is what
 differs image by image (decoding, a crop of varying size); fitting to the model's size, the size-preserving
 augmentations and the normalization run as a few ops per batch. In-memory sources (the embedded MNIST) need no
-per-image work at all: their epochs are one numpy permutation of the split, gathered CHUNK_BATCHES batches at a
-time (the batch ops run once per chunk), without tf.data's per-example shuffle and batching. A small evaluation split is read once and kept.
+per-image work at all: their epochs are one numpy permutation of the split, gathered batch by batch, without
+tf.data's per-example shuffle and batching. A small evaluation split is read once and kept.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ HOLDOUT = ("train[:90%]", "train[90%:]")  # 'train' / 'validation' of tfds datas
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 CROP_FRACTION = 0.875  # torchvision's ImageNet evaluation: Resize(256) then CenterCrop(224)
 KEEP_EVAL_BYTES = 256 << 20  # evaluation splits whose batches fit in this are kept in memory after one pass
-# In-memory sources without per-image work run the batch ops (gather, augment, normalize) on this many batches
-# at once and then split them: those ops cost about the same per call whatever the batch (a batch of 32 MNIST
-# digits: ~2.7 ms of CPU, mostly fixed), and on 2 cores that CPU was taken from the train step (LeNet-5's loop
-# at ~0.7x its bare step). Each image's result does not depend on the images beside it, so the batches are the same.
-CHUNK_BATCHES = 8
 
 # Per-channel mean and std of pixels in [0, 1].
 STATS = {
@@ -424,10 +419,10 @@ class Pipeline:
 
         return lambda index, example: fn(index, *example)
 
-    def _batch(self, epoch: int, chunk: int = 1) -> Callable:
+    def _batch(self, epoch: int) -> Callable:
         """(index [B], (images, labels)) -> the model's batch: fit, augment and normalize a whole batch at once
         (a few ops per batch instead of dozens per image). Padding examples (index -1) become zero images with
-        mask 0. With `chunk` > 1, up to `chunk` batches come at once, [k * B], and leave as [k, B, ...]."""
+        mask 0."""
         params = {}
         if self.train:
             params = aug.draw(self.augment, self.seed, epoch, self.source.num_examples, self.image_shape[:2])
@@ -446,13 +441,8 @@ class Pipeline:
             mask = tf.cast(index >= 0, tf.float32)
             if not self.train:
                 images = tf.where(mask[:, None, None, None] > 0, images, 0.0)
-            labels = tf.cast(labels, tf.int32)
-            if chunk > 1:  # [k, B, ...]: unbatched into k batches after this map
-                return dict(image=tf.reshape(images, [-1, self.batch_size, *self.image_shape]),
-                            label=tf.reshape(labels, [-1, self.batch_size]),
-                            mask=tf.reshape(mask, [-1, self.batch_size]))
             images = tf.ensure_shape(images, [self.batch_size, *self.image_shape])
-            return dict(image=images, label=labels, mask=mask)
+            return dict(image=images, label=tf.cast(labels, tf.int32), mask=mask)
 
         return fn
 
@@ -463,17 +453,14 @@ class Pipeline:
         # bookkeeping) costs more CPU than the batch ops it would spread (-25% measured, same batches).
         light = self.source.in_memory and self._fits_as_batch()
         parallel = {} if light else dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        chunk = CHUNK_BATCHES if light else 1
         if self.source.in_memory:
-            ds = self._gathered(epoch, skip_batches, chunk)
+            ds = self._gathered(epoch, skip_batches)
             if not light:  # a crop drawn image by image (random resized crop) of the images in memory
                 ds = ds.unbatch().map(self._example(epoch), **parallel).batch(self.batch_size, drop_remainder=True)
         else:
             ds = self._streamed(epoch, skip_batches).map(self._example(epoch), **parallel)
             ds = self._padded(ds, skip_batches).batch(self.batch_size, drop_remainder=True)
-        ds = ds.map(self._batch(epoch, chunk), **parallel)
-        if chunk > 1:
-            ds = ds.unbatch()
+        ds = ds.map(self._batch(epoch), **parallel)
         options = tf.data.Options()
         options.deterministic = True
         options.autotune.enabled = not light
@@ -495,22 +482,18 @@ class Pipeline:
         local = order[self.process_index :: self.process_count][:total]
         return np.pad(local, (0, total - len(local)), constant_values=-1)
 
-    def _gathered(self, epoch: int, skip_batches: int, chunk: int = 1) -> tf.data.Dataset:
+    def _gathered(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         """In-memory sources: (index [B], (images [B], labels [B])) of `epoch` from batch `skip_batches` on,
         whole batches gathered by index (`local_order`): no per-example shuffle buffer or batching (~0.4 ms a
-        batch of 32 in tf.data). With `chunk` > 1, `chunk` batches at a time, flattened to [k * B] (the last
-        chunk of the epoch may hold fewer). Padding (index -1) gathers example 0, label 0; `_batch` zeroes its
-        image."""
+        batch of 32 in tf.data). Padding (index -1) gathers example 0, label 0; `_batch` zeroes its image."""
         rows = self.local_order(epoch).reshape(self.steps_per_epoch, self.batch_size)[skip_batches:]
         images, labels = self._arrays
 
         def gather(index):
-            index = tf.reshape(index, [-1])
             at = tf.maximum(index, 0)
             return index, (tf.gather(images, at), tf.where(index >= 0, tf.gather(labels, at), 0))
 
-        ds = tf.data.Dataset.from_tensor_slices(rows)
-        return (ds.batch(chunk) if chunk > 1 else ds).map(gather)
+        return tf.data.Dataset.from_tensor_slices(rows).map(gather)
 
     @functools.cached_property
     def _arrays(self) -> tuple[tf.Tensor, tf.Tensor]:
