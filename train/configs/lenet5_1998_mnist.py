@@ -13,7 +13,8 @@ Deviations:
     SDLM, a per-parameter diagonal rescaling of the gradient; plain SGD with the paper's tiny uniform start
     learns too slowly. The paper's sequence of rates keeps its shape and boundaries, scaled by 2
     (0.001 ... 0.00002) to Adam's usual range.
-  * no distortions, as the paper's 0.95% run (its 0.8% run added them).
+  * distorted training digits (+-2 pixel shifts, +-8 degree rotations), as the paper's 0.8% run; its planar
+    affine distortions also scaled, squeezed and sheared.
 
 Measured before (full MNIST as an image folder, 45,000 training images, +-2 px shifts and +-8 degree
 rotations, digits resized 28 -> 32 where the paper pads them): 98.36% best
@@ -30,6 +31,9 @@ epoch the paper's input scale (-0.1 .. 1.175), j = 1 and the sequence x 4 change
 This recipe (eq. 9, j = 0.1): 1.02% test error (102 of 10,000), best validation 99.10% (99.04% by epoch 7),
 training top-1 99.5% over the last 6 epochs (running batch means): 2 images short of the <= 1.0% target, on
 45,000 training digits where the paper had 60,000; its 0.35% training error is not reached yet.
+On 49,000 training digits (the last 10,000 of the 60,000 as the test split): 1.08% without distortions, **1.00%**
+with them (100 of 10,000, best validation 98.6%; 3.6 min on an idle Intel host): at the <= 1.0% target, within
+the 0.1 point that 10,000 test digits resolve.
 """
 
 from train.configs import default
