@@ -82,7 +82,8 @@ EVALUATED_AT_THE_END_ONLY = ("vgg19_bn", "resnext101_64x4d", "wide_resnet101_2")
 
 def evaluations(name: str, steps: int) -> dict[str, Any]:
     """One evaluation half-way and one at the end; at the end only for EVALUATED_AT_THE_END_ONLY."""
-    return {"num_train_steps": steps, "eval_every_steps": steps if name in EVALUATED_AT_THE_END_ONLY else steps // 2}
+    every = steps if name in EVALUATED_AT_THE_END_ONLY else steps // 2
+    return {"num_train_steps": steps, "eval_every_steps": every}
 
 MODELS: dict[str, dict[str, Any]] = {
     # The seeds' LeNet-5 recipe (train/configs/lenet5_mnist.py history). Best top-1 with per-example
