@@ -451,9 +451,10 @@ def test_a_small_evaluation_split_is_read_once_and_kept(monkeypatch):
     pipe = make_pipeline("embedded_mnist", "validation", batch_size=300, image_shape=(28, 28, 1), train=False,
                          seed=0)
     assert pipe.dataset(0).options().autotune.enabled is False  # in memory: no autotuning threads
+    assert pipe.in_numpy  # the split is in memory: its batches come from numpy
     builds = []
-    build = pipe.dataset
-    monkeypatch.setattr(pipe, "dataset", lambda *a: builds.append(a) or build(*a))
+    build = pipe._numpy_batches
+    monkeypatch.setattr(pipe, "_numpy_batches", lambda *a: builds.append(a) or build(*a))
     next(pipe.epoch(0))  # a partial pass (eval_steps) keeps nothing
     first, second = _batches(pipe), _batches(pipe, epoch=3)
     assert len(builds) == 2 and len(first) == len(second) == 7
@@ -509,3 +510,69 @@ def test_predict_prepares_a_bgr_run_as_its_pipeline_does(tmp_path):
     np.testing.assert_allclose(prepared, batch, atol=1e-6)
     rgb_first = (batch * std + mean)[..., ::-1]  # undo the normalization and the reversal: pixels in RGB
     assert np.abs(rgb_first.mean(axis=(0, 1)) - pixels.mean(axis=(0, 1)) / 255).max() < 0.02
+
+
+NUMPY_CASES = [  # (augment, model input shape): the laptop recipes' augmentation, and every op numpy has
+    (dict(random_crop_padding=2, rotation_degrees=8.0), (28, 28, 1)),
+    (dict(random_crop_padding=2, rotation_degrees=8.0), (32, 32, 1)),
+    (dict(random_crop_padding=3, horizontal_flip=True, rotation_degrees=15.0, zoom=0.1, color_jitter=0.3),
+     (28, 28, 1)),
+    (dict(random_crop_padding=4, horizontal_flip=True, rotation_degrees=20.0, pca_lighting=0.1), (32, 32, 3)),
+    (None, (32, 32, 3)),
+]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("augment,shape", NUMPY_CASES, ids=lambda c: str(c))
+def test_in_memory_batches_from_numpy_are_the_tf_data_graphs_bit_for_bit(augment, shape, train):
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=96, image_shape=shape, train=train, seed=3,
+                         augment=augment, normalize="dataset")
+    assert pipe.in_numpy
+    from_numpy, from_tf = list(pipe.epoch(1)), list(pipe.dataset(1).as_numpy_iterator())
+    assert len(from_numpy) == len(from_tf) == (20 if train else 21)  # eval: the last batch padded
+    for ours, theirs in zip(from_numpy, from_tf):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key].dtype == theirs[key].dtype and ours[key].shape == theirs[key].shape, key
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    if train and augment:  # and the batches are augmented: not the plain digits
+        plain = make_pipeline("embedded_mnist", "validation", batch_size=96, image_shape=shape, train=True,
+                              seed=3, normalize="dataset")
+        assert not np.array_equal(next(plain.epoch(1))["image"], from_numpy[0]["image"])
+
+
+@pytest.mark.parametrize("augment,shape", [(dict(color_jitter=0.3), (32, 32, 3)),  # saturation: TF's HSV
+                                           (None, (63, 63, 1)),  # a resize
+                                           (dict(random_resized_crop=True), (28, 28, 1))])  # image by image
+def test_in_memory_splits_keep_tf_data_where_numpy_lacks_the_op(augment, shape):
+    pipe = make_pipeline("embedded_mnist", "validation", batch_size=100, image_shape=shape, train=True, seed=0,
+                         augment=augment)
+    assert not pipe.in_numpy
+    assert next(pipe.epoch(0))["image"].shape == (100, *shape)
+
+
+TRAIN_WITHOUT_TF = """
+import json, sys
+from train import configs, loop
+config = configs.recipe_for("lenet5")
+config.num_train_steps, config.eval_every_steps, config.log_every_steps, config.eval_steps = 8, 8, 4, 1
+result = loop.train_and_evaluate(config, sys.argv[1])
+print(json.dumps(dict(tensorflow="tensorflow" in sys.modules, augment=config.augment.to_dict())))
+"""
+
+
+def test_the_readmes_first_run_trains_without_importing_tensorflow(tmp_path):
+    """The laptop recipe of lenet5 (the README's first command), augmentation, evaluation, checkpoints and the
+    TensorBoard scalars included, never imports TensorFlow (~4 s of CPU)."""
+    import json
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", TRAIN_WITHOUT_TF, str(tmp_path / "run")], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["augment"]["rotation_degrees"] > 0 and result["augment"]["random_crop_padding"] > 0
+    assert result["tensorflow"] is False
+    assert list((tmp_path / "run" / "tensorboard").iterdir())  # the scalars were written

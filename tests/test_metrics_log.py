@@ -1,4 +1,4 @@
-"""train.metrics_log.MetricsLog: the TensorBoard scalars it writes through flax's writer, read back with
+"""train.metrics_log.MetricsLog: the TensorBoard scalars it writes without TensorFlow, read back with
 tensorboard's own EventAccumulator, and metrics.jsonl beside them."""
 
 import json

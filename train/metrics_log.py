@@ -7,8 +7,12 @@ the run had never stopped; a torn last line (a kill mid-write) is dropped too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ class MetricsLog:
             tmp.replace(self.path)
         self._file = self.path.open("a")
         self._tensorboard_dir = workdir / "tensorboard"
-        self._tensorboard = None  # flax's writer, made at the first record: it imports tensorflow
+        self._tensorboard = None  # made at the first record
 
     def write(self, step: int, split: str, **values) -> None:
         if (int(step), split) in self._logged:  # kept from the run that made a surviving checkpoint
@@ -61,9 +65,7 @@ class MetricsLog:
     def _write_scalars(self, step: int, split: str, values: dict) -> None:
         """The numbers among `values` as TensorBoard scalars `<split>/<name>` at `step`."""
         if self._tensorboard is None:
-            from flax.metrics import tensorboard
-
-            self._tensorboard = tensorboard.SummaryWriter(self._tensorboard_dir, auto_flush=False)
+            self._tensorboard = ScalarEvents(self._tensorboard_dir)
         for k, v in values.items():
             if isinstance(v, (int, float, np.number)):
                 self._tensorboard.scalar(f"{split}/{k}", v, step)
@@ -84,6 +86,45 @@ class MetricsLog:
             self._file.close()
             if self._tensorboard is not None:
                 self._tensorboard.close()
+
+
+class ScalarEvents:
+    """TensorBoard scalars in an event file of their own under `logdir`, written without TensorFlow.
+
+    flax's writer (tf.summary) and TensorBoard's own (its file layer, tf.io.gfile) both import TensorFlow when
+    it is installed: ~4 s of the README's first run, which otherwise never needs it. This writes the same
+    Event protos in TensorBoard's record framing, to a new file: an earlier run's files are never touched.
+    """
+
+    _count = itertools.count()  # one file per writer, even several in the same second
+
+    def __init__(self, logdir: Path):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        from tensorboard.util import tensor_util
+
+        self._event, self._tensor = event_pb2.Event, tensor_util.make_tensor_proto
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=summary_pb2.DataClass.DATA_CLASS_SCALAR)
+        logdir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._count)}"
+        self._records = RecordWriter((logdir / name).open("xb"))
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def scalar(self, tag: str, value, step: int) -> None:
+        event = self._event(wall_time=time.time(), step=int(step))
+        event.summary.value.add(tag=tag, tensor=self._tensor(np.float32(value)), metadata=self._metadata)
+        self._write(event)
+
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
 
 
 def read_jsonl(path: Path) -> list[dict]:

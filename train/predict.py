@@ -153,9 +153,8 @@ def prepare_image(pixels: np.ndarray, run: Run) -> np.ndarray:
         from jaxcnn import imagenet
 
         return imagenet.eval_transform(pixels, **run.metadata["preprocessing"])
-    import tensorflow as tf
-
     from jaxcnn.data import pipeline as data
+    from jaxcnn.data.tensorflow_import import tf
 
     height, width, channels = run.image_shape
     image = tf.convert_to_tensor(pixels, tf.float32) / 255.0

@@ -1,4 +1,5 @@
-"""Input pipelines: tfds datasets, the embedded MNIST subset and image folders, all through one tf.data graph.
+"""Input pipelines: tfds datasets, the embedded MNIST subset and image folders, through one tf.data graph (or
+its numpy twin for splits held in memory).
 
     pipe = make_pipeline("embedded_mnist", "train", batch_size=128, image_shape=(32, 32, 1), train=True, seed=0)
     for batch in pipe.epoch(3, skip_batches=10):  # dict(image=[B,H,W,C] float32, label=[B] int32, mask=[B] float32)
@@ -47,19 +48,12 @@ Contract
     folder sources (in memory, or paths read after sharding): example i goes to process i % process_count
     (`ds.shard` after the fixed source order). Shares differ in size by at most one example.
 
-TensorFlow is kept off GPUs (the accelerators belong to JAX): importing this package hides them from TF.
+TensorFlow is imported at its first use (jaxcnn.data.tensorflow_import), which hides the GPUs from it (the
+accelerators belong to JAX). Splits held in memory (embedded MNIST) are prepared in numpy without it, unless
+an option needs it (a resize to another size, RGB colour jitter, a crop drawn image by image).
 """
 
-from jaxcnn.data.tensorflow_import import import_tensorflow
-
-tf = import_tensorflow()  # before any other module of the package imports it: without Keras
-
-try:
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialised its devices elsewhere; too late to hide them, and harmless on CPU
-    pass
-
-from jaxcnn.data.pipeline import (  # after hiding the GPUs
+from jaxcnn.data.pipeline import (
     STATS,
     TFDS_DATASETS,
     DatasetUnavailable,

@@ -2,9 +2,9 @@
 
 The size-preserving ones (pad-and-crop, flip, rotation and zoom, colour jitter, PCA lighting) work on a batch
 [B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's per-image
-parameters (shifts, flips, rotation transforms, colour factors) as tables indexed by the examples' global index,
-from the config seed, the epoch and the op only, and `apply_batch` applies them to a batch given the rows of
-its examples. An augmented image is therefore a pure function of (image, seed, epoch, example index), whatever
+parameters (shifts, flips, rotation transforms, colour factors) as numpy tables indexed by the examples' global
+index, from the config seed, the epoch and the op only, and `apply_batch` applies them to a batch given the
+rows of its examples (`jaxcnn.data.augment_numpy` is the same in numpy, for splits held in memory). An augmented image is therefore a pure function of (image, seed, epoch, example index), whatever
 batch, host or resume position it comes in; that is what makes a resumed epoch identical to an uninterrupted one.
 
 The crops that change the size (Inception's random resized crop, VGG's scale jittering) work on one image of
@@ -18,7 +18,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
+import numpy as np
+
+from jaxcnn.data.tensorflow_import import tf
 
 # AlexNet's PCA lighting noise (Krizhevsky et al. 2012, section 4.1): principal components of the ImageNet RGB
 # pixel covariance, for pixels in [0, 1] (the values fb.resnet.torch and torchvision recipes use).
@@ -37,8 +39,10 @@ DEFAULTS = dict(
     pca_lighting=0.0,
 )
 
-# One stream per op: op seeds are fold_in(seed, op id), so turning one op on never changes another's draws.
-_CROP_PAD, _RESIZED_CROP, _FLIP, _AFFINE, _COLOR, _PCA, _SCALE = range(7)
+# One stream per op, so turning one op on never changes another's draws: the tables' generators are seeded
+# with (seed, epoch, _TABLES, op id), the per-image crops' TF seeds are fold_in(seed, op id).
+CROP_PAD, RESIZED_CROP, FLIP, AFFINE, COLOR, PCA, SCALE = range(7)
+_TABLES = 2  # the epoch's permutation (jaxcnn.data.pipeline) is the stream (seed, epoch, 1)
 
 
 def options(augment: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,63 +96,66 @@ def random_scale_crop(image: tf.Tensor, seed: tf.Tensor, size: tuple[int, int], 
 
 
 def draw(augment: Mapping[str, Any], seed: int, epoch: int, num_examples: int,
-         size: tuple[int, int]) -> dict[int, tf.Tensor]:
+         size: tuple[int, int]) -> dict[int, np.ndarray]:
     """The per-image parameters of one epoch's size-preserving augmentations on images of `size` (H, W): per op
     of `augment` that is on, a table whose row i belongs to example i of the split (its global index).
 
     Each table is drawn whole from (seed, epoch, op), so an example's augmentation never depends on the batch
     it lands in, the host reading it or where a resumed epoch starts, and turning one op on never changes
     another's draws. The parameters are computed here, on the whole table, and never on a batch: vectorised
-    sin and cos round an element differently by its position in the vector.
+    sin and cos may round an element differently by its position in the vector.
     """
-    base = tf.constant([seed, epoch], tf.int64)
+
+    def rng(op):
+        return np.random.default_rng([seed, epoch, _TABLES, op])
 
     def uniform(op, width, low=-1.0, high=1.0):
-        return tf.random.stateless_uniform([num_examples, width], seed=op_seed(base, op), minval=low, maxval=high)
+        return rng(op).uniform(low, high, (num_examples, width)).astype(np.float32)
 
     tables = {}
     if augment["random_crop_padding"]:
         padding = int(augment["random_crop_padding"])
-        offsets = tf.random.stateless_uniform([num_examples, 2], seed=op_seed(base, _CROP_PAD), minval=0,
-                                              maxval=2 * padding + 1, dtype=tf.int32)  # in the padded image
-        tables[_CROP_PAD] = crop_transforms(offsets, padding)
+        offsets = rng(CROP_PAD).integers(0, 2 * padding + 1, (num_examples, 2))  # in the padded image
+        tables[CROP_PAD] = crop_transforms(offsets, padding)
     if augment["horizontal_flip"]:
-        tables[_FLIP] = uniform(_FLIP, 1, 0.0, 1.0)[:, 0] < 0.5
+        tables[FLIP] = uniform(FLIP, 1, 0.0, 1.0)[:, 0] < 0.5
     if augment["rotation_degrees"] or augment["zoom"]:
-        draws = uniform(_AFFINE, 2)
-        tables[_AFFINE] = rotation_transforms(draws[:, 0] * float(augment["rotation_degrees"]),
-                                              1.0 + draws[:, 1] * float(augment["zoom"]), size)
+        draws = uniform(AFFINE, 2)
+        tables[AFFINE] = rotation_transforms(draws[:, 0] * float(augment["rotation_degrees"]),
+                                             1.0 + draws[:, 1] * float(augment["zoom"]), size)
     if augment["color_jitter"]:  # brightness shift, contrast and saturation factors
-        tables[_COLOR] = uniform(_COLOR, 3) * float(augment["color_jitter"]) + tf.constant([0.0, 1.0, 1.0])
+        tables[COLOR] = uniform(COLOR, 3) * np.float32(augment["color_jitter"]) + np.float32([0.0, 1.0, 1.0])
     if augment["pca_lighting"]:
-        alpha = tf.random.stateless_normal([num_examples, 3], seed=op_seed(base, _PCA))
-        tables[_PCA] = pca_shifts(alpha * float(augment["pca_lighting"]))
+        alpha = rng(PCA).standard_normal((num_examples, 3)).astype(np.float32)
+        tables[PCA] = pca_shifts(alpha * np.float32(augment["pca_lighting"]))
     return tables
 
 
-def crop_transforms(offsets: tf.Tensor, padding: int) -> tf.Tensor:
+def crop_transforms(offsets: np.ndarray, padding: int) -> np.ndarray:
     """CIFAR-style pad-and-crop as transforms (see `transform`): zero-pad `padding` pixels on every side, then
     crop back to the input size at `offsets` ([N, 2] int: top, left in the padded image, 0 .. 2 * padding)."""
-    shift = tf.cast(offsets - padding, tf.float32)
-    one, zero = tf.ones_like(shift[:, 0]), tf.zeros_like(shift[:, 0])
-    return tf.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
+    shift = (np.asarray(offsets) - padding).astype(np.float32)
+    one, zero = np.ones_like(shift[:, 0]), np.zeros_like(shift[:, 0])
+    return np.stack([one, zero, shift[:, 1], zero, one, shift[:, 0], zero, zero], axis=1)
 
 
-def rotation_transforms(degrees: tf.Tensor, scale: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def rotation_transforms(degrees: np.ndarray, scale: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Transforms (see `transform`) that rotate images of `size` by `degrees` and scale them by `scale` ([N]
-    each) about the centre."""
-    angle = degrees * math.pi / 180.0
+    each) about the centre (computed in float64, stored as float32)."""
+    angle = np.asarray(degrees, np.float64) * math.pi / 180.0
+    scale = np.asarray(scale, np.float64)
     cx, cy = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
     # The transform maps output pixel (x, y) to the input point it samples: the inverse rotation and zoom.
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    zero = tf.zeros_like(cos)
-    return tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero], axis=1)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    zero = np.zeros_like(cos)
+    rows = [cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, zero, zero]
+    return np.stack(rows, axis=1).astype(np.float32)
 
 
-def pca_shifts(alpha: tf.Tensor) -> tf.Tensor:
+def pca_shifts(alpha: np.ndarray) -> np.ndarray:
     """AlexNet's lighting noise (Krizhevsky et al. 2012): the RGB shift eigvec @ (alpha * eigval) of each row of
     `alpha` ([N, 3], drawn from N(0, std))."""
-    return tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
+    return ((alpha * np.float32(PCA_EIGVAL)) @ np.float32(PCA_EIGVEC).T).astype(np.float32)
 
 
 def transform(images: tf.Tensor, transforms: tf.Tensor, interpolation: str = "BILINEAR") -> tf.Tensor:
@@ -187,23 +194,23 @@ def apply_batch(images: tf.Tensor, params: Mapping[int, tf.Tensor], augment: Map
     image, in place of the plain resize. PCA lighting is defined for RGB; grey images are left unchanged.
     """
     if augment["random_crop_padding"]:
-        images = transform(images, params[_CROP_PAD], "NEAREST")
+        images = transform(images, params[CROP_PAD], "NEAREST")
     if augment["horizontal_flip"]:
-        images = tf.where(params[_FLIP][:, None, None, None], tf.reverse(images, axis=[2]), images)
+        images = tf.where(params[FLIP][:, None, None, None], tf.reverse(images, axis=[2]), images)
     if augment["rotation_degrees"] or augment["zoom"]:
-        images = transform(images, params[_AFFINE], "BILINEAR")
+        images = transform(images, params[AFFINE], "BILINEAR")
     if augment["color_jitter"]:
-        images = color_jitter(images, params[_COLOR])
+        images = color_jitter(images, params[COLOR])
     if augment["pca_lighting"] and images.shape[-1] == 3:
-        images = images + params[_PCA][:, None, None, :]
+        images = images + params[PCA][:, None, None, :]
     return images
 
 
 def scale_crop_seed(seed: tf.Tensor) -> tf.Tensor:
     """The seed the pipeline gives `random_scale_crop`."""
-    return op_seed(seed, _SCALE)
+    return op_seed(seed, SCALE)
 
 
 def resized_crop_seed(seed: tf.Tensor) -> tf.Tensor:
     """The seed the pipeline gives `random_resized_crop` (its own stream, like every other op)."""
-    return op_seed(seed, _RESIZED_CROP)
+    return op_seed(seed, RESIZED_CROP)

@@ -15,7 +15,8 @@ import functools
 import hashlib
 import pathlib
 
-import tensorflow as tf
+from jaxcnn.data.tensorflow_import import tf
+
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 HOLDOUT_FRACTION = 0.1

@@ -9,7 +9,8 @@ without decoding them and yields exactly what `epoch(e)` yields from batch k on.
 differs image by image (decoding, a crop of varying size); fitting to the model's size, the size-preserving
 augmentations and the normalization run as a few ops per batch. In-memory sources (the embedded MNIST) need no
 per-image work at all: their epochs are one numpy permutation of the split, gathered batch by batch, without
-tf.data's per-example shuffle and batching. A small evaluation split is read once and kept.
+tf.data's per-example shuffle and batching, and where numpy has the batch ops (`Pipeline.in_numpy`) prepared
+in numpy with the same pixels, so that the embedded MNIST trains without importing TensorFlow. A small evaluation split is read once and kept.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from jaxcnn.data import augment as aug
-from jaxcnn.data import embedded, folder
+from jaxcnn.data import augment_numpy, embedded, folder
+from jaxcnn.data.tensorflow_import import tensorflow, tf
 from jaxcnn.errors import typed_first_line
 
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "imagenet2012")
@@ -94,7 +95,7 @@ def _embedded_source(split: str) -> Source:
     images, labels = embedded.load(split)
     return Source(
         examples=lambda: tf.data.Dataset.from_tensor_slices((images, labels)),
-        decode=tf.convert_to_tensor,
+        decode=lambda raw: tf.convert_to_tensor(raw),  # a lambda: TensorFlow is imported where it is used
         num_examples=len(labels),
         class_names=embedded.CLASS_NAMES,
         image_shape=embedded.IMAGE_SHAPE,
@@ -124,10 +125,18 @@ def _folder_source(dataset: str, split: str) -> Source:
     )
 
 
+def _tfds():
+    """tensorflow_datasets (seconds to import: only when a tfds dataset is asked for), after TensorFlow is
+    imported our way (without Keras, off the GPUs), which it would otherwise import itself."""
+    tensorflow()
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
 def _tfds_builder(name: str, data_dir: str | None, download: bool):
     """A prepared tfds builder, or DatasetUnavailable saying which files to put where."""
-    import tensorflow_datasets as tfds  # slow to import (seconds): only when a tfds dataset is asked for
-
+    tfds = _tfds()
     builder = tfds.builder(name, data_dir=data_dir or None)
     if builder.is_prepared():
         return builder
@@ -159,8 +168,7 @@ def _tfds_split(builder, split: str) -> str:
 
 
 def _tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> Source:
-    import tensorflow_datasets as tfds
-
+    tfds = _tfds()
     builder = _tfds_builder(name, data_dir, download)
     tfds_split = _tfds_split(builder, split)
     features = builder.info.features
@@ -216,9 +224,7 @@ def dataset_info(dataset: str, data_dir: str | None = None) -> tuple[int, tuple[
         return len(embedded.CLASS_NAMES), embedded.IMAGE_SHAPE
     if dataset.startswith(folder.PREFIX):
         return len(folder.class_names(folder.root_of(dataset))), (None, None, 3)
-    import tensorflow_datasets as tfds
-
-    features = tfds.builder(dataset, data_dir=data_dir or None).info.features
+    features = _tfds().builder(dataset, data_dir=data_dir or None).info.features
     return features["label"].num_classes, tuple(features["image"].shape)
 
 
@@ -446,6 +452,39 @@ class Pipeline:
 
         return fn
 
+    @property
+    def in_numpy(self) -> bool:
+        """Whether `epoch` prepares the batches in numpy, without TensorFlow: a split held in memory whose
+        images reach the model by padding 28 -> 32 or not at all, grey -> RGB tiling at most, and augmentations
+        augment_numpy has. The tf.data graph (`dataset`) gives the same batches."""
+        source, (height, width, channels) = self.source, self.image_shape
+        fits = tuple(source.image_shape[:2]) in ((height, width), (28, 28) if (height, width) == (32, 32) else None)
+        return (source.in_memory and self._fits_as_batch() and fits and source.image_shape[2] in (1, channels)
+                and augment_numpy.supports(self.augment, channels))
+
+    def _numpy_batches(self, epoch: int, skip_batches: int) -> Iterator[dict[str, np.ndarray]]:
+        """`epoch`'s batches from `skip_batches` on, prepared in numpy with the ops of `_batch`, in its order."""
+        images, labels = self.source.arrays
+        tables = aug.draw(self.augment, self.seed, epoch, self.source.num_examples,
+                          self.image_shape[:2]) if self.train else {}
+        pad = (self.image_shape[0] - images.shape[1]) // 2
+        rows = self.local_order(epoch).reshape(self.steps_per_epoch, self.batch_size)[skip_batches:]
+        for index in rows:
+            at = np.maximum(index, 0)
+            batch = images[at].astype(np.float32) / np.float32(255.0)  # exactly torchvision's ToTensor
+            batch = np.pad(batch, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) if pad else batch  # 28 -> 32
+            batch = np.repeat(batch, self.image_shape[2] // batch.shape[3], axis=3)  # grey -> RGB
+            if self.train:
+                batch = augment_numpy.apply_batch(batch, {op: t[index] for op, t in tables.items()}, self.augment)
+            if self.reverse_channels:
+                batch = batch[..., ::-1]
+            batch = (batch - self.mean) / self.std
+            mask = (index >= 0).astype(np.float32)
+            if not self.train:
+                batch = np.where(mask[:, None, None, None] > 0, batch, np.float32(0))
+            yield dict(image=np.ascontiguousarray(batch, np.float32),
+                       label=np.where(index >= 0, labels[at], 0).astype(np.int32), mask=mask)
+
     def dataset(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         """The tf.data graph of `epoch` from batch `skip_batches` on (skipped examples are never decoded)."""
         self._check_skip(skip_batches)
@@ -532,7 +571,10 @@ class Pipeline:
         self._check_skip(skip_batches)
         if self._kept_batches is not None:
             return iter(self._kept_batches[skip_batches:])
-        batches = self.dataset(epoch, skip_batches).as_numpy_iterator()
+        if self.in_numpy:
+            batches = self._numpy_batches(epoch, skip_batches)
+        else:
+            batches = self.dataset(epoch, skip_batches).as_numpy_iterator()
         size = self.steps_per_epoch * self.batch_size * math.prod(self.image_shape) * 4
         if self.train or skip_batches or size > KEEP_EVAL_BYTES:
             return batches

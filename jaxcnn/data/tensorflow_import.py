@@ -1,4 +1,9 @@
-"""Import TensorFlow for tf.data without the Keras it loads eagerly.
+"""TensorFlow for tf.data, imported at its first use, without the Keras it loads eagerly, and off the GPUs.
+
+Its import is ~4 s of CPU, more than the rest of the trainer's imports together, and the embedded MNIST
+pipeline (jaxcnn.data.augment_numpy) never needs it: modules of the package write `tf.` as usual against
+`tf` here, which imports TensorFlow at the first attribute read. It then hides the GPUs from TensorFlow (the
+accelerators belong to JAX).
 
 `import tensorflow` ends by importing Keras (`keras.src.optimizers`, which pulls in all of Keras 3 and
 matplotlib) only to register Keras optimizers for SavedModel; the input pipeline never uses Keras. That import
@@ -13,6 +18,7 @@ installed (there the variable would switch `tf.keras` to Keras 2).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -32,3 +38,24 @@ def import_tensorflow():
         if skip_keras:
             del os.environ[_FLAG]
     return tensorflow
+
+
+@functools.cache
+def tensorflow():
+    """The `tensorflow` module, imported once (without Keras where safe) with the GPUs hidden from it."""
+    tf = import_tensorflow()
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialised its devices elsewhere; too late to hide them, harmless on CPU
+        pass
+    return tf
+
+
+class _OnFirstUse:
+    """Stands for the tensorflow module; the first attribute read imports it (`tensorflow()`)."""
+
+    def __getattr__(self, name: str):
+        return getattr(tensorflow(), name)
+
+
+tf = _OnFirstUse()
