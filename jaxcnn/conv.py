@@ -42,6 +42,10 @@ from jax.custom_derivatives import SymbolicZero
 # are single scalars and cost more than XLA's convolution. From RGB up the GEMM wins (a 7x7 stride-2 RGB stem's
 # weight gradient: 730 -> 413 ms; resnet18's step 1.09x; benchmarks/NOTES.md).
 MIN_CHANNELS = 3
+# Stride-1 input gradients of layers with fewer input channels than this are col2im too: XLA's convolution of dy
+# with the flipped kernel ran at half the speed there (LeNet-5's C3, 6 channels in, batch 32: 1.05 -> 0.52 ms);
+# at 16 channels the two are level, from 32 up XLA's is 1.3-3x faster (benchmarks/NOTES.md).
+NARROW_INPUT = 8
 # The patches are the input copied kh*kw times (3.7 GB for a VGG layer at 224x224 and batch 32): above this
 # size the weight gradient is summed over slices of the batch instead of built at once.
 PATCH_BYTES = 256 * 2**20
@@ -172,13 +176,14 @@ def _input_tangent(dx, w, strides, padding, groups):
     """The term dx * w of the convolution's tangent, written so that its transpose is the fast input gradient."""
     if groups > 1 or w.shape[2] < MIN_CHANNELS:  # XLA's own transpose: as fast for a grouped convolution (a
         return _forward(dx, w, strides, padding, groups)  # grouped one too); a first layer's is never computed
-    if strides == (1, 1) and not _is_tiny(dx, w, strides, padding):
+    if strides == (1, 1) and w.shape[2] >= NARROW_INPUT and not _is_tiny(dx, w, strides, padding):
         # The same convolution, with w read as HWOI after swapping its channel axes: transposed, this is the
         # forward convolution of dy with the flipped kernel in plain HWIO, the form measured and kept
         # (benchmarks/NOTES.md); JAX's transpose of an HWIO convolution would read the kernel as HWOI.
         return lax.conv_general_dilated(dx, w.transpose(0, 1, 3, 2), strides, padding,
                                         dimension_numbers=("NHWC", "HWOI", "NHWC"))
-    # Strided or tiny: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice added back.
+    # Strided, narrow or tiny: im2col of the tangent, whose transpose is col2im: a GEMM, then each tap's slice
+    # added back.
     return _patch_gemm(dx, w, strides, padding)
 
 

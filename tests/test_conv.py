@@ -27,6 +27,8 @@ CASES = [  # (input HW, in channels, out channels, kernel HW, strides, padding)
     ((1, 1), 16, 8, (3, 3), (1, 1), "SAME"),     # ResNet's last stage at 32x32
     ((4, 4), 16, 8, (3, 3), (1, 1), "VALID"),    # a tiny output from a larger input
     ((3, 3), 16, 8, (3, 3), (2, 2), "SAME"),     # strided into 2x2
+    ((14, 14), 6, 16, (5, 5), (1, 1), "VALID"),  # LeNet-5's C3: a narrow input (NARROW_INPUT), col2im input gradient
+    ((9, 9), 4, 5, (3, 3), (1, 1), "SAME"),      # narrow and padded
 ]
 
 
@@ -118,6 +120,23 @@ def test_grey_input_is_a_sum_of_taps_with_laxs_values_and_gradients(hw, co, kern
     def convolutions(f, argnums):
         return jax.jit(jax.grad(loss(f), argnums=argnums)).lower(x, w).compile().as_text().count(" convolution(")
     assert convolutions(conv.conv_general_dilated, 1) == convolutions(lax.conv_general_dilated, 1) - 1
+
+
+@pytest.mark.parametrize("ci, convolutions", [(6, 0), (16, 1)])
+def test_a_narrow_inputs_gradient_is_col2im_and_a_wider_ones_xlas_convolution(ci, convolutions):
+    """Below NARROW_INPUT channels a stride-1 input gradient is a GEMM and the taps added back (no convolution
+    in the compiled gradient of a linear loss); from it up, XLA's convolution of dy with the flipped kernel."""
+    x = jax.random.normal(jax.random.key(3), (4, 14, 14, ci))
+    w = jax.random.normal(jax.random.key(4), (5, 5, ci, 16))
+    cotangent = jax.random.normal(jax.random.key(5), (4, 10, 10, 16))
+
+    def input_gradient(f):  # w and the cotangent as arguments: as constants XLA would fold the whole gradient
+        return jax.grad(lambda x, w, c: jnp.sum(f(x, w, (1, 1), "VALID", dimension_numbers=NHWC) * c))
+
+    text = jax.jit(input_gradient(conv.conv_general_dilated)).lower(x, w, cotangent).compile().as_text()
+    assert text.count(" convolution(") == convolutions
+    np.testing.assert_allclose(input_gradient(conv.conv_general_dilated)(x, w, cotangent),
+                               input_gradient(lax.conv_general_dilated)(x, w, cotangent), rtol=1e-5, atol=1e-4)
 
 
 def test_weight_gradient_summed_over_batch_slices_is_the_same(monkeypatch):
