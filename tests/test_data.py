@@ -519,22 +519,30 @@ NUMPY_CASES = [  # (augment, model input shape): the laptop recipes' augmentatio
      (28, 28, 1)),
     (dict(random_crop_padding=4, horizontal_flip=True, rotation_degrees=20.0, pca_lighting=0.1), (32, 32, 3)),
     (None, (32, 32, 3)),
+    # Resized (AlexNet's 63, Inception-v3's 75; 16 shrinks): the same to fp32 rounding, not bit for bit.
+    (None, (63, 63, 1)),
+    (dict(random_crop_padding=2, rotation_degrees=8.0), (75, 75, 3)),
+    (dict(horizontal_flip=True), (16, 16, 1)),
 ]
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("augment,shape", NUMPY_CASES, ids=lambda c: str(c))
-def test_in_memory_batches_from_numpy_are_the_tf_data_graphs_bit_for_bit(augment, shape, train):
+def test_in_memory_batches_from_numpy_are_the_tf_data_graphs(augment, shape, train):
     pipe = make_pipeline("embedded_mnist", "validation", batch_size=96, image_shape=shape, train=train, seed=3,
                          augment=augment, normalize="dataset")
     assert pipe.in_numpy
     from_numpy, from_tf = list(pipe.epoch(1)), list(pipe.dataset(1).as_numpy_iterator())
     assert len(from_numpy) == len(from_tf) == (20 if train else 21)  # eval: the last batch padded
+    resized = shape[:2] not in ((28, 28), (32, 32))
     for ours, theirs in zip(from_numpy, from_tf):
         assert ours.keys() == theirs.keys()
         for key in ours:
             assert ours[key].dtype == theirs[key].dtype and ours[key].shape == theirs[key].shape, key
-            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+            if resized and key == "image":  # the resize sums its taps in another order than TensorFlow's
+                np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=2e-6)
+            else:
+                np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
     if train and augment:  # and the batches are augmented: not the plain digits
         plain = make_pipeline("embedded_mnist", "validation", batch_size=96, image_shape=shape, train=True,
                               seed=3, normalize="dataset")
@@ -542,8 +550,8 @@ def test_in_memory_batches_from_numpy_are_the_tf_data_graphs_bit_for_bit(augment
 
 
 @pytest.mark.parametrize("augment,shape", [(dict(color_jitter=0.3), (32, 32, 3)),  # saturation: TF's HSV
-                                           (None, (63, 63, 1)),  # a resize
-                                           (dict(random_resized_crop=True), (28, 28, 1))])  # image by image
+                                           (dict(scale_jitter=(32, 40)), (28, 28, 1)),  # image by image
+                                           (dict(random_resized_crop=True), (28, 28, 1))])
 def test_in_memory_splits_keep_tf_data_where_numpy_lacks_the_op(augment, shape):
     pipe = make_pipeline("embedded_mnist", "validation", batch_size=100, image_shape=shape, train=True, seed=0,
                          augment=augment)
@@ -570,7 +578,7 @@ def test_the_readmes_first_run_trains_without_importing_tensorflow(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", TRAIN_WITHOUT_TF, str(tmp_path / "run")], cwd=root,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["augment"]["rotation_degrees"] > 0 and result["augment"]["random_crop_padding"] > 0

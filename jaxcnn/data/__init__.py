@@ -50,7 +50,7 @@ Contract
 
 TensorFlow is imported at its first use (jaxcnn.data.tensorflow_import), which hides the GPUs from it (the
 accelerators belong to JAX). Splits held in memory (embedded MNIST) are prepared in numpy without it, unless
-an option needs it (a resize to another size, RGB colour jitter, a crop drawn image by image).
+an option needs it (RGB colour jitter, a crop drawn image by image).
 """
 
 from jaxcnn.data.pipeline import (

@@ -4,8 +4,9 @@ The size-preserving ones (pad-and-crop, flip, rotation and zoom, colour jitter, 
 [B, H, W, C] at once, a few ops per batch rather than dozens per image: `draw` makes an epoch's per-image
 parameters (shifts, flips, rotation transforms, colour factors) as numpy tables indexed by the examples' global
 index, from the config seed, the epoch and the op only, and `apply_batch` applies them to a batch given the
-rows of its examples (`jaxcnn.data.augment_numpy` is the same in numpy, for splits held in memory). An augmented image is therefore a pure function of (image, seed, epoch, example index), whatever
-batch, host or resume position it comes in; that is what makes a resumed epoch identical to an uninterrupted one.
+rows of its examples (`jaxcnn.data.batch_numpy` does the same in numpy, for splits held in memory). An
+augmented image is therefore a pure function of (image, seed, epoch, example index), whatever batch, host or
+resume position it comes in; that is what makes a resumed epoch identical to an uninterrupted one.
 
 The crops that change the size (Inception's random resized crop, VGG's scale jittering) work on one image of
 any size [H, W, C] with an explicit `seed` (an int64 tensor of shape [2]) and `tf.image.stateless_*` ops; the

@@ -17,7 +17,6 @@ import pathlib
 
 from jaxcnn.data.tensorflow_import import tf
 
-
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 HOLDOUT_FRACTION = 0.1
 PREFIX = "folder:"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.data import augment as aug
-from jaxcnn.data import augment_numpy, embedded, folder
+from jaxcnn.data import batch_numpy, embedded, folder
 from jaxcnn.data.tensorflow_import import tensorflow, tf
 from jaxcnn.errors import typed_first_line
 
@@ -454,28 +454,25 @@ class Pipeline:
 
     @property
     def in_numpy(self) -> bool:
-        """Whether `epoch` prepares the batches in numpy, without TensorFlow: a split held in memory whose
-        images reach the model by padding 28 -> 32 or not at all, grey -> RGB tiling at most, and augmentations
-        augment_numpy has. The tf.data graph (`dataset`) gives the same batches."""
-        source, (height, width, channels) = self.source, self.image_shape
-        fits = tuple(source.image_shape[:2]) in ((height, width), (28, 28) if (height, width) == (32, 32) else None)
-        return (source.in_memory and self._fits_as_batch() and fits and source.image_shape[2] in (1, channels)
-                and augment_numpy.supports(self.augment, channels))
+        """Whether `epoch` prepares the batches in numpy, without TensorFlow: a split held in memory, fitted to
+        the model on the batch, grey -> RGB tiling at most, and augmentations that batch_numpy has. The
+        tf.data graph (`dataset`) gives the same batches."""
+        return (self.source.in_memory and self._fits_as_batch()
+                and self.source.image_shape[2] in (1, self.image_shape[2])
+                and batch_numpy.supports(self.augment, self.image_shape[2]))
 
     def _numpy_batches(self, epoch: int, skip_batches: int) -> Iterator[dict[str, np.ndarray]]:
         """`epoch`'s batches from `skip_batches` on, prepared in numpy with the ops of `_batch`, in its order."""
         images, labels = self.source.arrays
         tables = aug.draw(self.augment, self.seed, epoch, self.source.num_examples,
                           self.image_shape[:2]) if self.train else {}
-        pad = (self.image_shape[0] - images.shape[1]) // 2
         rows = self.local_order(epoch).reshape(self.steps_per_epoch, self.batch_size)[skip_batches:]
         for index in rows:
             at = np.maximum(index, 0)
             batch = images[at].astype(np.float32) / np.float32(255.0)  # exactly torchvision's ToTensor
-            batch = np.pad(batch, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) if pad else batch  # 28 -> 32
-            batch = np.repeat(batch, self.image_shape[2] // batch.shape[3], axis=3)  # grey -> RGB
+            batch = batch_numpy.fit(batch, self.image_shape)
             if self.train:
-                batch = augment_numpy.apply_batch(batch, {op: t[index] for op, t in tables.items()}, self.augment)
+                batch = batch_numpy.apply_batch(batch, {op: t[index] for op, t in tables.items()}, self.augment)
             if self.reverse_channels:
                 batch = batch[..., ::-1]
             batch = (batch - self.mean) / self.std

@@ -1,7 +1,7 @@
 """TensorFlow for tf.data, imported at its first use, without the Keras it loads eagerly, and off the GPUs.
 
 Its import is ~4 s of CPU, more than the rest of the trainer's imports together, and the embedded MNIST
-pipeline (jaxcnn.data.augment_numpy) never needs it: modules of the package write `tf.` as usual against
+pipeline (jaxcnn.data.batch_numpy) never needs it: modules of the package write `tf.` as usual against
 `tf` here, which imports TensorFlow at the first attribute read. It then hides the GPUs from TensorFlow (the
 accelerators belong to JAX).
 

@@ -1,9 +1,11 @@
-"""The batch augmentations of `jaxcnn.data.augment` in numpy, for splits held in memory.
+"""The pipeline's batch ops in numpy, for splits held in memory: fitting to the model's input (28 -> 32 padding,
+antialiased bilinear resizing, grey -> RGB tiling) and the augmentations of `jaxcnn.data.augment`.
 
 The embedded MNIST then trains without TensorFlow, whose import is ~4 s of the README's first command. Same
-parameters (`augment.draw`'s tables), same pixels as the TensorFlow ops (tests/test_data.py compares the two
-pipelines batch by batch), in numpy's vectorised gathers: pad-and-crop and the flip move whole pixels, one gather for both, and
-the rotation reads its four taps per pixel as four more.
+parameters (`augment.draw`'s tables) and the same pixels as the TensorFlow ops (tests/test_data.py compares the
+two pipelines batch by batch: bit for bit, and the resize to fp32 rounding). Pad-and-crop and the flip move whole
+pixels, one gather for both; the rotation reads its four taps per pixel as four more; a resize is two small
+matrix products, one per axis.
 
 Colour jitter's saturation (RGB images) needs TensorFlow's HSV conversion: `supports` says no, and such
 pipelines keep the tf.data graph.
@@ -24,6 +26,37 @@ def supports(augment: Mapping[str, Any], channels: int) -> bool:
     """Whether `apply_batch` covers `augment` (see augment.DEFAULTS) on images of `channels`; the crops that
     change the size are the pipeline's, not a batch op."""
     return not (augment["color_jitter"] and channels == 3)
+
+
+def fit(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Float images [B, h, w, c] brought to the model's (H, W, C) as pipeline.fit_to_size and match_channels
+    bring a batch of one size: 28x28 -> 32x32 by zero padding, another size by the antialiased bilinear resize,
+    grey -> RGB by tiling."""
+    (height, width, channels), (h, w) = shape, images.shape[1:3]
+    if (h, w) == (28, 28) and (height, width) == (32, 32):
+        images = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)])
+    elif (h, w) != (height, width):
+        images = np.einsum("Hh,bhwc,Ww->bHWc", _resize_weights(h, height), images, _resize_weights(w, width),
+                           optimize=True).astype(np.float32)
+    return np.repeat(images, channels // images.shape[3], axis=3)
+
+
+@functools.cache
+def _resize_weights(size: int, new_size: int) -> np.ndarray:
+    """[new_size, size] weights of tf.image.resize(method='bilinear', antialias=True) along one axis (TensorFlow's
+    scale_and_translate with its triangle kernel): output pixel i samples the input at (i + 0.5) / scale, the
+    kernel widened by 1 / scale where it shrinks, taps outside the image left out and the rest renormalized."""
+    scale = np.float32(new_size / size)
+    inv_scale, kernel_scale = np.float32(1) / scale, max(np.float32(1) / scale, np.float32(1))
+    weights = np.zeros((new_size, size), np.float32)
+    for i in range(new_size):
+        sample = (np.float32(i) + np.float32(0.5)) * inv_scale
+        start = min(max(int(np.ceil(sample - kernel_scale - np.float32(0.5))), 0), size - 1)
+        end = min(max(int(np.floor(sample + kernel_scale - np.float32(0.5))), 0), size - 1) + 1
+        taps = np.arange(start, end, dtype=np.float32) + np.float32(0.5) - sample
+        row = np.maximum(np.float32(0), np.float32(1) - np.abs(taps / kernel_scale))
+        weights[i, start:end] = row / row.sum(dtype=np.float32)
+    return weights
 
 
 def apply_batch(images: np.ndarray, params: Mapping[int, np.ndarray], augment: Mapping[str, Any]) -> np.ndarray:
