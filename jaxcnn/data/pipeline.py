@@ -10,7 +10,8 @@ differs image by image (decoding, a crop of varying size); fitting to the model'
 augmentations and the normalization run as a few ops per batch. In-memory sources (the embedded MNIST) need no
 per-image work at all: their epochs are one numpy permutation of the split, gathered batch by batch, without
 tf.data's per-example shuffle and batching, and where numpy has the batch ops (`Pipeline.in_numpy`) prepared
-in numpy with the same pixels, so that the embedded MNIST trains without importing TensorFlow. A small evaluation split is read once and kept.
+in numpy with the same pixels, so that the embedded MNIST trains without importing TensorFlow. A small
+evaluation split is read once and kept.
 """
 
 from __future__ import annotations
