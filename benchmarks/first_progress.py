@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from main_job import PROGRESS, child_env  # noqa: E402  (the same progress-line pattern and child environment)
+from main_job import PROGRESS, child_env  # the same progress-line pattern and child environment
 
 
 def first_progress(model: str, steps: int, cache_home: str) -> dict:
