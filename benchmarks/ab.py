@@ -8,6 +8,7 @@
                                     # the adaptive pool folded into the first dense layer vs pool + flatten + Dense
     python benchmarks/ab.py --model=lenet5 --image_size=28 --batch_size=32 --change=narrow --steps=300
                                     # col2im input gradients for narrow inputs (LeNet's C3) vs XLA's convolution
+    python benchmarks/ab.py --model=resnet18 --change=onednn  # oneDNN's convolutions vs XLA's (jaxcnn.conv)
 
 Both variants are compiled in one process and timed alternately, step by step, so a busy machine slows both
 alike and the ratio stays meaningful: of the median steps (`speedup`) and of the fastest ones
@@ -48,14 +49,16 @@ except ImportError:  # run as a script from benchmarks/
 PlainCNN = jaxcnn.models.alexnet.PlainCNN
 USERS = {"conv": (conv, layers, jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.lenet),
          "pool": (jaxcnn.models.resnet, jaxcnn.models.densenet, jaxcnn.models.alexnet, jaxcnn.models.googlenet),
-         "fold": (PlainCNN,), "narrow": (conv,)}
+         "fold": (PlainCNN,), "narrow": (conv,), "onednn": (conv,)}
 # (attribute, ours, plain) per change.
 FORMULATIONS = {"conv": ("Conv", conv.Conv, nn.Conv),
                 "pool": ("max_pool", layers.max_pool, functools.partial(layers.max_pool, per_tap_gradient=False)),
                 # plain: never fold, so the adaptive pool copies the map and the dense layer reads every copy
                 "fold": ("_pool_folds_into", PlainCNN._pool_folds_into, lambda self, x, train: None),
                 # plain: every stride-1 input gradient as XLA's convolution of dy with the flipped kernel
-                "narrow": ("NARROW_INPUT", conv.NARROW_INPUT, 0)}
+                "narrow": ("NARROW_INPUT", conv.NARROW_INPUT, 0),
+                # plain: XLA's convolutions with this module's formulations, as without oneDNN
+                "onednn": ("ONEDNN", True, False)}
 
 
 def use_plain(change: str, plain: bool) -> None:

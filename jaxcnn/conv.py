@@ -38,6 +38,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jaxcnn import onednn
+
+# oneDNN's convolutions (jaxcnn.onednn, what torch runs on the CPU) for every float32 NHWC convolution where the
+# library is available: 2-6x XLA's on a 2-core CPU, the weight gradient most (benchmarks/NOTES.md). Everything
+# below is the way without it.
+ONEDNN = True
 # Inputs with fewer channels keep XLA's own gradient: for a grey image (LeNet's C1) the concatenated patches
 # are single scalars and cost more than XLA's convolution. From RGB up the GEMM wins (a 7x7 stride-2 RGB stem's
 # weight gradient: 730 -> 413 ms; resnet18's step 1.09x; benchmarks/NOTES.md).
@@ -225,6 +231,16 @@ def uses_grey_taps(x_shape, w_shape, window_strides, *, lhs_dilation=None, rhs_d
         _is_grey(w_shape, window_strides, feature_group_count))
 
 
+def uses_onednn(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
+    """Whether `conv_general_dilated` runs oneDNN's convolutions (jaxcnn.onednn) on FAST_PLATFORMS: where ONEDNN
+    is on, oneDNN is available, and the operands are NHWC x HWIO float32 with no dilation and no cropping pads."""
+    if not (ONEDNN and _is_plain_nhwc(lhs.shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count)):
+        return False
+    padding = _resolve(lhs.shape, rhs.shape, tuple(int(s) for s in window_strides), padding)
+    return onednn.supports(lhs, rhs, padding) and onednn.available()
+
+
 def _is_plain_nhwc(x_shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count) -> bool:
     return (_is_nhwc(dimension_numbers, len(x_shape))
             and batch_group_count == 1
@@ -238,6 +254,14 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
     the window's taps where `uses_grey_taps` does."""
     layout = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                   feature_group_count=feature_group_count, batch_group_count=batch_group_count)
+    if precision is None and preferred_element_type is None and uses_onednn(lhs, rhs, window_strides, padding,
+                                                                            **layout):
+        strides = tuple(int(s) for s in window_strides)
+        padding = _resolve(lhs.shape, rhs.shape, strides, padding)
+        groups = int(feature_group_count)
+        return on_fast_platforms(functools.partial(onednn.conv, strides=strides, padding=padding, groups=groups),
+                                 functools.partial(_forward, strides=strides, padding=padding, groups=groups),
+                                 lhs, rhs)
     if precision is None and preferred_element_type is None and (
             uses_matmul_gradients(lhs.shape, rhs.shape, **layout)
             or uses_grey_taps(lhs.shape, rhs.shape, window_strides, **layout)):
@@ -255,4 +279,5 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 __all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_grey_taps", "uses_matmul_gradients",
+           "uses_onednn",
            "window_taps"]
