@@ -161,6 +161,10 @@ Problem problem(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Spa
 }
 
 ffi::Error run(Kind kind, const Problem& p, float* x, float* w, float* y) {
+  // One call at a time, each with all of oneDNN's threads: XLA runs independent operations concurrently (a
+  // layer's two gradients, the devices of a pmap), and two thread teams on the same cores undo each other.
+  static std::mutex one_at_a_time;
+  std::lock_guard<std::mutex> lock(one_at_a_time);
   try {
     const Built& built = primitive_for(kind, p);
     Scratch& s = scratch();
