@@ -235,7 +235,7 @@ def uses_onednn(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dil
                 feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
     """Whether `conv_general_dilated` runs oneDNN's convolutions (jaxcnn.onednn) on FAST_PLATFORMS: where ONEDNN
     is on, oneDNN is available, and the operands are NHWC x HWIO float32 with no dilation and no cropping pads."""
-    if not (ONEDNN and _is_plain_nhwc(lhs.shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count)):
+    if not (ONEDNN and "cpu" in FAST_PLATFORMS and _is_plain_nhwc(lhs.shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count)):
         return False
     padding = _resolve(lhs.shape, rhs.shape, tuple(int(s) for s in window_strides), padding)
     return onednn.supports(lhs, rhs, padding) and onednn.available()
@@ -258,10 +258,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
                                                                             **layout):
         strides = tuple(int(s) for s in window_strides)
         padding = _resolve(lhs.shape, rhs.shape, strides, padding)
-        groups = int(feature_group_count)
-        return on_fast_platforms(functools.partial(onednn.conv, strides=strides, padding=padding, groups=groups),
-                                 functools.partial(_forward, strides=strides, padding=padding, groups=groups),
-                                 lhs, rhs)
+        # No `on_fast_platforms` here: the primitives lower to oneDNN on the CPU and to lax elsewhere themselves.
+        return onednn.conv(lhs, rhs, strides, padding, int(feature_group_count))
     if precision is None and preferred_element_type is None and (
             uses_matmul_gradients(lhs.shape, rhs.shape, **layout)
             or uses_grey_taps(lhs.shape, rhs.shape, window_strides, **layout)):

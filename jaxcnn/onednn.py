@@ -115,7 +115,7 @@ def _build(include: Path, libdir: Path) -> Path:
             built = Path(scratch) / target.name
             command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), f"-I{include}",
                        f"-I{ffi_include}", f"-L{libdir}", f"-Wl,-rpath,{libdir}", "-ldnnl", "-o", str(built)]
-            result = subprocess.run(command, capture_output=True, text=True)
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode:
                 raise RuntimeError(f"building the oneDNN custom calls failed: {result.stderr.strip()[-2000:]}")
             os.replace(built, target)
@@ -173,8 +173,8 @@ def _lax_weight_grad(x, dy, *, strides, padding, groups, kernel_hw):
 
 def _attributes(strides, padding, groups) -> dict:
     (pt, pb), (pl, pr) = padding
-    return {k: np.int64(v) for k, v in dict(sh=strides[0], sw=strides[1], pt=pt, pb=pb, pl=pl, pr=pr,
-                                            groups=groups).items()}
+    values = {"sh": strides[0], "sw": strides[1], "pt": pt, "pb": pb, "pl": pl, "pr": pr, "groups": groups}
+    return {k: np.int64(v) for k, v in values.items()}
 
 
 def _custom_call(name, out_shape):
@@ -184,16 +184,33 @@ def _custom_call(name, out_shape):
     return call
 
 
+def _varying(aval) -> frozenset:
+    """The manual mesh axes (shard_map with check_vma) over which a value varies; none outside shard_map."""
+    return getattr(getattr(aval, "mat", None), "varying", frozenset())
+
+
+def _output_aval(shape, *operands):
+    """A float32 result that varies over every manual mesh axis an operand varies over, as lax's own
+    convolution's does under shard_map's check_vma (where lax inserts the casts that make its operands agree)."""
+    widest = max(operands, key=lambda a: len(_varying(a)))
+    if any(not _varying(a) <= _varying(widest) for a in operands):
+        raise ValueError(f"a oneDNN convolution's operands vary over different mesh axes "
+                         f"({[sorted(_varying(a)) for a in operands]}): cast them with jax.lax.pcast first")
+    if not _varying(widest):
+        return jax.core.ShapedArray(shape, jnp.float32)
+    return widest.update(shape=shape, dtype=jnp.float32)
+
+
 def _primitive(name: str, shape, reference) -> Primitive:
     """A primitive evaluated by the custom call `name` on the CPU and by `reference` (lax) elsewhere and under
     vmap."""
     primitive = Primitive(f"jaxcnn_onednn_{name}")
     primitive.def_impl(lambda a, b, **params: jax.jit(functools.partial(primitive.bind, **params))(a, b))
-    primitive.def_abstract_eval(lambda a, b, **params: jax.core.ShapedArray(shape(a, b, **params), jnp.float32))
-    out_shape = lambda a, b, **params: shape(a, b, **params)  # noqa: E731
-
+    primitive.def_abstract_eval(lambda a, b, **params: _output_aval(shape(a, b, **params), a, b))
     def cpu(ctx, a, b, **params):
-        call = _custom_call(name, lambda a_, b_: out_shape(a_, b_, **params))
+        if not available():  # registers the custom calls
+            raise RuntimeError(f"jaxcnn.onednn.conv needs oneDNN, which is not available: {_unavailable()}")
+        call = _custom_call(name, lambda a_, b_: shape(a_, b_, **params))
         return mlir.lower_fun(functools.partial(call, **params), multiple_results=False)(ctx, a, b)
 
     mlir.register_lowering(primitive, cpu, platform="cpu")
@@ -244,7 +261,17 @@ ad.defbilinear(
 
 def conv(x, w, strides, padding, groups: int = 1):
     """x * w through oneDNN on the CPU: NHWC x HWIO float32, explicit non-negative padding, no dilation."""
+    x, w = _vary_alike(x, w)
     return conv_p.bind(x, w, strides=tuple(strides), padding=tuple(map(tuple, padding)), groups=int(groups))
+
+
+def _vary_alike(*operands):
+    """Under shard_map's check_vma, cast each operand to vary over the mesh axes any of them varies over, as lax
+    does before its own primitives: the weight gradient of replicated weights is then summed over the shards
+    (the transpose of that cast), as lax's is."""
+    axes = frozenset().union(*(_varying(jax.typeof(a)) for a in operands))
+    return [jax.lax.pcast(a, tuple(sorted(axes - _varying(jax.typeof(a)))), to="varying")
+            if axes - _varying(jax.typeof(a)) else a for a in operands]
 
 
 def supports(x, w, padding) -> bool:

@@ -96,60 +96,51 @@ dnnl::convolution_backward_weights::primitive_desc backward_weights_pd(const Pro
 }
 #endif
 
-// A built primitive, its scratchpad size, and the reorder between XLA's kernel and the primitive's.
-struct Built {
-  dnnl::primitive primitive;
-  memory::desc kernel_desc;   // the primitive's kernel layout
-  size_t scratchpad_bytes;
-  bool reorder;               // whether the primitive's kernel layout differs from HWIO
-  dnnl::primitive kernel_reorder;
-};
-
 enum class Kind { kForward, kBackwardData, kBackwardWeights };
 
-template <typename PrimitiveDesc, typename Primitive>
-Built build(const PrimitiveDesc& pd, const memory::desc& kernel_desc, const Problem& p, bool into_xla) {
-  Built built{Primitive(pd), kernel_desc, pd.scratchpad_desc().get_size(), kernel_desc != kernel(p, true), {}};
-  if (built.reorder) {
-    built.kernel_reorder = into_xla ? dnnl::reorder(dnnl::reorder::primitive_desc(
-                                          cpu(), kernel_desc, cpu(), kernel(p, true)))
-                                    : dnnl::reorder(dnnl::reorder::primitive_desc(
-                                          cpu(), kernel(p, true), cpu(), kernel_desc));
+// A built primitive with its memory objects, made once per problem; each call only points them at its buffers.
+struct Built {
+  Kind kind;
+  dnnl::primitive primitive;
+  memory x, y, user_kernel, kernel, scratchpad;  // kernel: in the primitive's layout (user_kernel's if `reorder`)
+  bool reorder;                                  // whether the primitive's kernel layout differs from HWIO
+  dnnl::primitive kernel_reorder;                // HWIO -> the primitive's, or back for the weight gradient
+};
+
+template <typename Primitive, typename PrimitiveDesc>
+std::unique_ptr<Built> build(Kind kind, const PrimitiveDesc& pd, const memory::desc& kernel_desc, const Problem& p) {
+  const memory::desc hwio = kernel(p, true);
+  auto unbound = [](const memory::desc& desc) { return memory(desc, cpu(), DNNL_MEMORY_NONE); };
+  auto built = std::make_unique<Built>(Built{
+      kind, Primitive(pd), unbound(activations(p.n, p.ci, p.h, p.w)), unbound(activations(p.n, p.co, p.oh, p.ow)),
+      unbound(hwio), unbound(kernel_desc), unbound(pd.scratchpad_desc()), kernel_desc != hwio, {}});
+  if (built->reorder) {
+    bool out = kind == Kind::kBackwardWeights;
+    built->kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu(), out ? kernel_desc : hwio, cpu(),
+                                                                         out ? hwio : kernel_desc));
   }
   return built;
 }
 
-const Built& primitive_for(Kind kind, const Problem& p) {
-  static std::mutex mutex;
+Built& primitive_for(Kind kind, const Problem& p) {
   static std::map<std::pair<Kind, Problem>, std::unique_ptr<Built>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
   auto& slot = cache[{kind, p}];
   if (!slot) {
     if (kind == Kind::kForward) {
       auto pd = forward_pd(p);
-      slot = std::make_unique<Built>(
-          build<decltype(pd), dnnl::convolution_forward>(pd, pd.weights_desc(), p, false));
+      slot = build<dnnl::convolution_forward>(kind, pd, pd.weights_desc(), p);
     } else if (kind == Kind::kBackwardData) {
       auto pd = backward_data_pd(p);
-      slot = std::make_unique<Built>(
-          build<decltype(pd), dnnl::convolution_backward_data>(pd, pd.weights_desc(), p, false));
+      slot = build<dnnl::convolution_backward_data>(kind, pd, pd.weights_desc(), p);
     } else {
       auto pd = backward_weights_pd(p);
-      slot = std::make_unique<Built>(
-          build<decltype(pd), dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc(), p, true));
+      slot = build<dnnl::convolution_backward_weights>(kind, pd, pd.diff_weights_desc(), p);
     }
   }
   return *slot;
 }
 
-// Scratch memory of the calling thread, grown as needed: XLA may run several calls at once (one per device).
-struct Scratch {
-  std::vector<uint8_t> scratchpad, kernel;
-};
-Scratch& scratch() {
-  thread_local Scratch s;
-  return s;
-}
+// The kernel in the primitive's layout and the scratchpad: one of each, grown as needed (calls take turns).
 void* grown(std::vector<uint8_t>& buffer, size_t bytes) {
   if (buffer.size() < bytes) buffer.resize(bytes);
   return buffer.data();
@@ -163,33 +154,31 @@ Problem problem(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Spa
 ffi::Error run(Kind kind, const Problem& p, float* x, float* w, float* y) {
   // One call at a time, each with all of oneDNN's threads: XLA runs independent operations concurrently (a
   // layer's two gradients, the devices of a pmap), and two thread teams on the same cores undo each other.
+  // Everything static below is used under this lock.
   static std::mutex one_at_a_time;
+  static std::vector<uint8_t> kernel_buffer, scratchpad_buffer;
   std::lock_guard<std::mutex> lock(one_at_a_time);
   try {
-    const Built& built = primitive_for(kind, p);
-    Scratch& s = scratch();
-    dnnl::stream stream(cpu());
-    memory xm(activations(p.n, p.ci, p.h, p.w), cpu(), x), ym(activations(p.n, p.co, p.oh, p.ow), cpu(), y);
-    memory user_kernel(kernel(p, true), cpu(), w);
-    memory kernel_memory = built.reorder
-        ? memory(built.kernel_desc, cpu(), grown(s.kernel, built.kernel_desc.get_size()))
-        : user_kernel;
-    memory pad(dnnl::memory::desc({static_cast<int64_t>(built.scratchpad_bytes)}, memory::data_type::u8,
-                                  memory::format_tag::a),
-               cpu(), grown(s.scratchpad, built.scratchpad_bytes));
-    if (kind != Kind::kBackwardWeights && built.reorder) {
-      built.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, user_kernel}, {DNNL_ARG_TO, kernel_memory}});
+    static dnnl::stream stream(cpu());
+    Built& b = primitive_for(kind, p);
+    b.x.set_data_handle(x);
+    b.y.set_data_handle(y);
+    b.user_kernel.set_data_handle(w);
+    b.kernel.set_data_handle(b.reorder ? grown(kernel_buffer, b.kernel.get_desc().get_size()) : w);
+    b.scratchpad.set_data_handle(grown(scratchpad_buffer, b.scratchpad.get_desc().get_size()));
+    if (kind != Kind::kBackwardWeights && b.reorder) {
+      b.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, b.user_kernel}, {DNNL_ARG_TO, b.kernel}});
     }
     if (kind == Kind::kForward) {
-      built.primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, kernel_memory}, {DNNL_ARG_DST, ym},
-                                       {DNNL_ARG_SCRATCHPAD, pad}});
+      b.primitive.execute(stream, {{DNNL_ARG_SRC, b.x}, {DNNL_ARG_WEIGHTS, b.kernel}, {DNNL_ARG_DST, b.y},
+                                   {DNNL_ARG_SCRATCHPAD, b.scratchpad}});
     } else if (kind == Kind::kBackwardData) {
-      built.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, xm}, {DNNL_ARG_WEIGHTS, kernel_memory},
-                                       {DNNL_ARG_DIFF_DST, ym}, {DNNL_ARG_SCRATCHPAD, pad}});
+      b.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, b.x}, {DNNL_ARG_WEIGHTS, b.kernel},
+                                   {DNNL_ARG_DIFF_DST, b.y}, {DNNL_ARG_SCRATCHPAD, b.scratchpad}});
     } else {
-      built.primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_WEIGHTS, kernel_memory},
-                                       {DNNL_ARG_DIFF_DST, ym}, {DNNL_ARG_SCRATCHPAD, pad}});
-      if (built.reorder) built.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, kernel_memory}, {DNNL_ARG_TO, user_kernel}});
+      b.primitive.execute(stream, {{DNNL_ARG_SRC, b.x}, {DNNL_ARG_DIFF_WEIGHTS, b.kernel},
+                                   {DNNL_ARG_DIFF_DST, b.y}, {DNNL_ARG_SCRATCHPAD, b.scratchpad}});
+      if (b.reorder) b.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, b.kernel}, {DNNL_ARG_TO, b.user_kernel}});
     }
     stream.wait();
   } catch (const dnnl::error& e) {

@@ -1,4 +1,4 @@
-"""jaxcnn.conv: the im2col-gradient convolution equals lax.conv_general_dilated and its autodiff gradients."""
+"""jaxcnn.conv without oneDNN: the im2col-gradient convolution equals lax.conv_general_dilated and its autodiff gradients."""
 
 import functools
 
@@ -12,6 +12,12 @@ from jaxcnn import conv, layers
 from jaxcnn.models import get_model
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(autouse=True)
+def without_onednn(monkeypatch):
+    """These are the formulations of XLA's convolutions, used where oneDNN is not (tests/test_onednn.py)."""
+    monkeypatch.setattr(conv, "ONEDNN", False)
 
 CASES = [  # (input HW, in channels, out channels, kernel HW, strides, padding)
     ((9, 9), 8, 5, (3, 3), (1, 1), "SAME"),

@@ -133,9 +133,11 @@ def _op_counts(small, platform: str) -> dict:
     return {op: text.count(f"stablehlo.{op}") for op in ("convolution", "dot_general", "select_and_scatter")}
 
 
-def test_fast_formulations_only_where_lowered_for_cpu(small):
+def test_fast_formulations_only_where_lowered_for_cpu(small, monkeypatch):
     """Reverse mode on CPU runs the im2col GEMMs and the per-tap pool gradient; code lowered for GPU or TPU,
-    even on this CPU host, runs lax's convolutions and select-and-scatter."""
+    even on this CPU host, runs lax's convolutions and select-and-scatter. (The formulations without oneDNN;
+    tests/test_onednn.py counts oneDNN's calls.)"""
+    monkeypatch.setattr(conv, "ONEDNN", False)
     # The gradient in the weights: both convolutions' weight gradients, and the second's (strided) input
     # gradient; the first's input gradient is not needed. The Dense layer adds three matrix products.
     # CPU: the first forward convolution; the second's output is 2x2, a tiny one (conv.TINY_OUTPUT), so its
