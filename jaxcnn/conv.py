@@ -29,6 +29,7 @@ CPU (`on_fast_platforms`); everything else is `lax.conv_general_dilated` unchang
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
@@ -231,6 +232,18 @@ def uses_grey_taps(x_shape, w_shape, window_strides, *, lhs_dilation=None, rhs_d
         _is_grey(w_shape, window_strides, feature_group_count))
 
 
+@contextlib.contextmanager
+def xla_convolutions():
+    """Within: convolutions traced as XLA's own (ONEDNN off), e.g. for XLA's cost analysis, which counts no
+    flops in a custom call."""
+    global ONEDNN
+    before, ONEDNN = ONEDNN, False
+    try:
+        yield
+    finally:
+        ONEDNN = before
+
+
 def uses_onednn(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                 feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
     """Whether `conv_general_dilated` runs oneDNN's convolutions (jaxcnn.onednn) on FAST_PLATFORMS: where ONEDNN
@@ -277,5 +290,5 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 __all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_grey_taps", "uses_matmul_gradients",
-           "uses_onednn",
+           "uses_onednn", "xla_convolutions",
            "window_taps"]

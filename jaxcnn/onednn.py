@@ -126,8 +126,9 @@ def _build(include: Path, libdir: Path) -> Path:
 def available() -> bool:
     """Whether the oneDNN custom calls are built and registered: once per process, one log line if not."""
     why = _unavailable()
-    if why:
-        log.info("oneDNN convolutions off, XLA's are used: %s", why)
+    if why:  # a warning where the convolutions run on this CPU, which is where it costs
+        level = logging.WARNING if jax.default_backend() == "cpu" and os.environ.get(SWITCH) != "0" else logging.INFO
+        log.log(level, "oneDNN convolutions off, XLA's are used: %s", why)
     return not why
 
 

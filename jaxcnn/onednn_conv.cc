@@ -7,6 +7,7 @@
 // strides. oneDNN picks its own blocked layout for the kernel (`any`) and the kernel is reordered into it,
 // or out of it for the weight gradient, on each call. Primitives are built once per problem and kept.
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -55,7 +56,7 @@ memory::desc kernel(const Problem& p, bool as_xla_holds_it) {
 
 dnnl::primitive_attr user_scratchpad() {
   dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per call, so that concurrent calls share nothing
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // one buffer of ours for all, as calls take turns
   return attr;
 }
 
@@ -142,7 +143,7 @@ Built& primitive_for(Kind kind, const Problem& p) {
 
 // The kernel in the primitive's layout and the scratchpad: one of each, grown as needed (calls take turns).
 void* grown(std::vector<uint8_t>& buffer, size_t bytes) {
-  if (buffer.size() < bytes) buffer.resize(bytes);
+  if (buffer.size() < std::max<size_t>(bytes, 64)) buffer.resize(std::max<size_t>(bytes, 64));
   return buffer.data();
 }
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxcnn import conv
 from jaxcnn.models import get_model, get_spec, list_models
 
 STATE_COLLECTIONS = ("batch_stats",)  # variables that are not trained by gradient (Keras: "non-trainable")
@@ -207,10 +208,10 @@ def _jaxpr_multiply_adds(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "conv_general_dilated":
+        if name in ("conv_general_dilated", "jaxcnn_onednn_forward"):
             # Every output element takes one MAC per kernel tap and input channel of its group.
             rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
-            out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0]
+            out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0] if "dimension_numbers" in eqn.params else 3
             total += math.prod(out) * math.prod(rhs) // rhs[out_feature_dim]
         elif name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
@@ -244,7 +245,8 @@ def forward_xla_flops(module: nn.Module, input_shape: Sequence[int]) -> float:
     throughput figures, rather than the conventional multiply-add count.
     """
     forward, variables, x = _abstract_forward(module, input_shape)
-    cost = jax.jit(forward).lower(variables, x).cost_analysis()
+    with conv.xla_convolutions():  # XLA's cost analysis counts no flops in oneDNN's custom calls
+        cost = jax.jit(forward).lower(variables, x).cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax returned one dict per device program
         cost = cost[0]
     return float(cost["flops"])
