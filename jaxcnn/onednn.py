@@ -114,7 +114,7 @@ def _build(include: Path, libdir: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
             command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), f"-I{include}",
-                       f"-I{ffi_include}", f"-L{libdir}", f"-Wl,-rpath,{libdir}", "-ldnnl", "-o", str(built)]
+                       f"-I{ffi_include}", f"-L{libdir}", f"-Wl,-rpath,{libdir}", "-ldnnl", "-fopenmp", "-o", str(built)]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode:
                 raise RuntimeError(f"building the oneDNN custom calls failed: {result.stderr.strip()[-2000:]}")

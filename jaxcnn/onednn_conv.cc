@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include <omp.h>
+
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
@@ -123,9 +125,21 @@ std::unique_ptr<Built> build(Kind kind, const PrimitiveDesc& pd, const memory::d
   return built;
 }
 
+// Problems below this many multiply-adds run on one thread: ~0.1 ms of work, about what it costs to wake
+// oneDNN's other threads, which sleep through the XLA operations between calls. LeNet-5's step at batch 32 (all
+// its convolutions 1.5-7.7M) went from 1.04x to 1.25-1.44x XLA's with it (benchmarks/NOTES.md).
+constexpr int64_t kOneThreadMacs = 30'000'000;
+
+int threads_for(const Problem& p) {
+  static const int all = omp_get_max_threads();
+  const int64_t macs = p.n * p.oh * p.ow * p.co * p.kh * p.kw * (p.ci / p.groups);
+  return macs < kOneThreadMacs ? 1 : all;
+}
+
 Built& primitive_for(Kind kind, const Problem& p) {
   static std::map<std::pair<Kind, Problem>, std::unique_ptr<Built>> cache;
   auto& slot = cache[{kind, p}];
+  omp_set_num_threads(threads_for(p));  // for the primitive built here and for each run of it
   if (!slot) {
     if (kind == Kind::kForward) {
       auto pd = forward_pd(p);
