@@ -202,11 +202,17 @@ def _output_aval(shape, *operands):
     return widest.update(shape=shape, dtype=jnp.float32)
 
 
+@functools.cache
+def _eager(primitive: Primitive, params: tuple):
+    return jax.jit(functools.partial(primitive.bind, **dict(params)))
+
+
 def _primitive(name: str, shape, reference) -> Primitive:
     """A primitive evaluated by the custom call `name` on the CPU and by `reference` (lax) elsewhere and under
     vmap."""
     primitive = Primitive(f"jaxcnn_onednn_{name}")
-    primitive.def_impl(lambda a, b, **params: jax.jit(functools.partial(primitive.bind, **params))(a, b))
+    # Outside jit (a model's eager init), one compiled program per primitive and parameters, reused.
+    primitive.def_impl(lambda a, b, **params: _eager(primitive, tuple(sorted(params.items())))(a, b))
     primitive.def_abstract_eval(lambda a, b, **params: _output_aval(shape(a, b, **params), a, b))
     def cpu(ctx, a, b, **params):
         if not available():  # registers the custom calls
