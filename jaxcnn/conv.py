@@ -289,6 +289,5 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
-__all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_grey_taps", "uses_matmul_gradients",
-           "uses_onednn", "xla_convolutions",
-           "window_taps"]
+__all__ = ["Conv", "conv_general_dilated", "on_fast_platforms", "tap_offsets", "uses_grey_taps",
+           "uses_matmul_gradients", "uses_onednn", "window_taps", "xla_convolutions"]
