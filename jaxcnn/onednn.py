@@ -88,8 +88,10 @@ def find_onednn() -> tuple[Path, Path] | str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("JAXCNN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxcnn"
-    return Path(base) / "onednn"
+    """`$JAXCNN_HOME/onednn`, else `~/.cache/jaxcnn/onednn` (`$XDG_CACHE_HOME/jaxcnn/onednn`): beside the XLA cache."""
+    if os.environ.get("JAXCNN_HOME"):
+        return Path(os.environ["JAXCNN_HOME"]).expanduser() / "onednn"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jaxcnn" / "onednn"
 
 
 def _build(include: Path, libdir: Path) -> Path:

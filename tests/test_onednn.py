@@ -242,7 +242,7 @@ def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
     found = onednn.find_onednn()
     if isinstance(found, str):
         found = (tmp_path, tmp_path)  # no oneDNN here: the compiler fails on the missing header all the same
-    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXCNN_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     with pytest.raises(RuntimeError, match="building the oneDNN custom calls failed"):
         onednn._build(*found)
@@ -251,7 +251,7 @@ def test_a_failed_build_says_why_and_leaves_no_library(tmp_path, monkeypatch):
 
 def test_the_library_is_built_once_and_reused(tmp_path, monkeypatch):
     """A second process (or a second worker) finds the compiled library in the cache and compiles nothing."""
-    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JAXCNN_HOME", str(tmp_path))
     found = onednn.find_onednn()
     first = onednn._build(*found)
     stamp = first.stat().st_mtime_ns
