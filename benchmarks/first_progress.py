@@ -12,7 +12,6 @@ first logged one. Progress lines go to stderr; the first one counts once it name
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from host import report
 from main_job import PROGRESS, child_env  # the same progress-line pattern and child environment
 
 
@@ -62,11 +62,7 @@ def main(argv=None) -> dict:
               f"{warm['first_progress_s']:.1f} s warm (compilation ~{results[model]['compile_s_about']:.1f} s)",
               file=sys.stderr, flush=True)
     results["load_average"] = os.getloadavg()
-    print(json.dumps(results, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from host import report  # beside this file: `python benchmarks/main_job.py` puts benchmarks/ on the path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EMBEDDED = os.path.join(ROOT, "jaxcnn", "data", "embedded_mnist.npz")
@@ -186,11 +188,7 @@ def main(argv=None) -> dict:
                                                summary[keras_peer]["wall_median_s"])
             summary[f"{ours}/{keras_peer} CPU"] = summary[ours]["cpu_median_s"] / summary[keras_peer]["cpu_median_s"]
     summary["load_average"] = os.getloadavg()
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return report(summary, args.json)
 
 
 if __name__ == "__main__":

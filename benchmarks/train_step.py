@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import multiprocessing
 import os
 import resource
@@ -39,6 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import conv, training
+
+try:
+    from benchmarks.host import report
+except ImportError:  # run as a script from benchmarks/
+    from host import report
 from jaxcnn.models import get_model, get_spec
 from train.configs import default
 
@@ -278,15 +282,6 @@ def main(argv=None) -> dict:
         result["keras_images_per_sec"] = batch_size / bench_keras(args.model, batch, args.steps)
         result["keras_ratio"] = result["images_per_sec"] / result["keras_images_per_sec"]
     return report(result, args.json)
-
-
-def report(result: dict, json_path: str | None) -> dict:
-    """Print `result` as JSON, and write it to `json_path` when given (shared with input_pipeline.py)."""
-    print(json.dumps(result, indent=2))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
 
 
 if __name__ == "__main__":
