@@ -97,7 +97,7 @@ def _grey_taps(x, w, strides, padding):
     of the kernel: one fused loop of multiply-adds. XLA:CPU's convolution of a grey image runs far below its
     FLOPs (LeNet-5's C1, 32x28x28x1 -> 6: 2.0 ms against 0.2 ms this way; VGG's first layer at 32x32 -> 64: 0.8
     against 0.4); strided windows (ResNet's 7x7/2 stem, AlexNet's 11x11/4) are faster in XLA's (benchmarks/NOTES.md)."""
-    out_hw = _out_hw(x.shape[1:3], w.shape[0:2], strides, padding)
+    out_hw = onednn.output_hw(x.shape[1:3], w.shape[0:2], strides, padding)
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     taps = window_taps(xp, w.shape[0:2], strides, out_hw)
     # Channels first, so that the loop runs along the image's rows rather than over a handful of channels.
@@ -117,7 +117,7 @@ def _forward(x, w, strides, padding, groups=1):
 
 
 def _is_tiny(x, w, strides, padding) -> bool:
-    out_h, out_w = _out_hw(x.shape[1:3], w.shape[0:2], strides, padding)
+    out_h, out_w = onednn.output_hw(x.shape[1:3], w.shape[0:2], strides, padding)
     return out_h >= 1 and out_w >= 1 and out_h * out_w <= TINY_OUTPUT  # an empty output is lax's to refuse
 
 
@@ -137,15 +137,11 @@ def _batch_chunk(batch: int, bytes_per_example: int) -> int:
     return max([c for c in range(1, batch + 1) if batch % c == 0 and c * bytes_per_example <= PATCH_BYTES] or [1])
 
 
-def _out_hw(x_hw, kernel_hw, strides, padding) -> tuple[int, int]:
-    return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_hw, kernel_hw, strides, padding))
-
-
 def _patch_gemm(x, w, strides, padding, groups: int = 1):
     """x * w as one GEMM over x's patches (im2col), one per group for a grouped convolution. Transposed in w it
     is dW = patches^T @ dy; transposed in x, col2im(dy @ W^T)."""
     kh, kw, ci, co = w.shape  # ci: the input channels of one group
-    out_hw = _out_hw(x.shape[1:3], (kh, kw), strides, padding)
+    out_hw = onednn.output_hw(x.shape[1:3], (kh, kw), strides, padding)
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     patches = jnp.concatenate(window_taps(xp, (kh, kw), strides, out_hw), axis=-1)
     if groups == 1:
@@ -166,7 +162,7 @@ def _weight_tangent(x, dw, strides, padding, groups):
     ci *= groups  # the patches hold every group's channels
     gemm = jax.checkpoint(functools.partial(_patch_gemm, strides=strides, padding=padding, groups=groups))
     n = x.shape[0]
-    out_h, out_w = _out_hw(x.shape[1:3], (kh, kw), strides, padding)
+    out_h, out_w = onednn.output_hw(x.shape[1:3], (kh, kw), strides, padding)
     chunk = _batch_chunk(n, out_h * out_w * kh * kw * ci * x.dtype.itemsize)
     if chunk == n:
         return gemm(x, dw)
@@ -248,7 +244,8 @@ def uses_onednn(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dil
                 feature_group_count: int = 1, batch_group_count: int = 1) -> bool:
     """Whether `conv_general_dilated` runs oneDNN's convolutions (jaxcnn.onednn) on FAST_PLATFORMS: where ONEDNN
     is on, oneDNN is available, and the operands are NHWC x HWIO float32 with no dilation and no cropping pads."""
-    if not (ONEDNN and "cpu" in FAST_PLATFORMS and _is_plain_nhwc(lhs.shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count)):
+    plain = _is_plain_nhwc(lhs.shape, dimension_numbers, lhs_dilation, rhs_dilation, batch_group_count)
+    if not (ONEDNN and "cpu" in FAST_PLATFORMS and plain):
         return False
     padding = _resolve(lhs.shape, rhs.shape, tuple(int(s) for s in window_strides), padding)
     return onednn.supports(lhs, rhs, padding) and onednn.available()

@@ -154,7 +154,8 @@ def _unavailable() -> str:
 
 # --- the three primitives ------------------------------------------------------------------------------------
 
-def _out_hw(in_hw, kernel_hw, strides, padding):
+def output_hw(in_hw, kernel_hw, strides, padding) -> tuple[int, int]:
+    """A convolution's output height and width, for explicit (low, high) padding."""
     return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, padding))
 
 
@@ -178,13 +179,6 @@ def _attributes(strides, padding, groups) -> dict:
     (pt, pb), (pl, pr) = padding
     values = {"sh": strides[0], "sw": strides[1], "pt": pt, "pb": pb, "pl": pl, "pr": pr, "groups": groups}
     return {k: np.int64(v) for k, v in values.items()}
-
-
-def _custom_call(name, out_shape):
-    def call(a, b, *, strides, padding, groups, **_):
-        return jax.ffi.ffi_call(f"jaxcnn_onednn_{name}", jax.ShapeDtypeStruct(out_shape(a, b), jnp.float32))(
-            a, b, **_attributes(strides, padding, groups))
-    return call
 
 
 def _varying(aval) -> frozenset:
@@ -216,11 +210,15 @@ def _primitive(name: str, shape, reference) -> Primitive:
     # Outside jit (a model's eager init), one compiled program per primitive and parameters, reused.
     primitive.def_impl(lambda a, b, **params: _eager(primitive, tuple(sorted(params.items())))(a, b))
     primitive.def_abstract_eval(lambda a, b, **params: _output_aval(shape(a, b, **params), a, b))
-    def cpu(ctx, a, b, **params):
+
+    def cpu(ctx, a, b, *, strides, padding, groups, **shapes):
         if not available():  # registers the custom calls
             raise RuntimeError(f"jaxcnn.onednn.conv needs oneDNN, which is not available: {_unavailable()}")
-        call = _custom_call(name, lambda a_, b_: shape(a_, b_, **params))
-        return mlir.lower_fun(functools.partial(call, **params), multiple_results=False)(ctx, a, b)
+        out = jax.ShapeDtypeStruct(shape(*ctx.avals_in, strides=strides, padding=padding, groups=groups, **shapes),
+                                   jnp.float32)
+        call = jax.ffi.ffi_call(f"jaxcnn_onednn_{name}", out)
+        return mlir.lower_fun(lambda a, b: call(a, b, **_attributes(strides, padding, groups)),
+                              multiple_results=False)(ctx, a, b)
 
     mlir.register_lowering(primitive, cpu, platform="cpu")
     mlir.register_lowering(primitive, mlir.lower_fun(reference, multiple_results=False))
@@ -233,7 +231,7 @@ def _primitive(name: str, shape, reference) -> Primitive:
 
 conv_p = _primitive(
     "forward",
-    lambda x, w, *, strides, padding, groups: (x.shape[0], *_out_hw(x.shape[1:3], w.shape[:2], strides, padding),
+    lambda x, w, *, strides, padding, groups: (x.shape[0], *output_hw(x.shape[1:3], w.shape[:2], strides, padding),
                                                w.shape[3]),
     _lax_conv)
 input_grad_p = _primitive(
@@ -289,4 +287,4 @@ def supports(x, w, padding) -> bool:
             and all(lo >= 0 and hi >= 0 for lo, hi in padding))
 
 
-__all__ = ["available", "cache_dir", "conv", "find_onednn", "supports"]
+__all__ = ["available", "cache_dir", "conv", "find_onednn", "output_hw", "supports"]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxcnn import conv
+from jaxcnn import conv, onednn
 from jaxcnn.models import get_model, get_spec, list_models
 
 STATE_COLLECTIONS = ("batch_stats",)  # variables that are not trained by gradient (Keras: "non-trainable")
@@ -208,10 +208,11 @@ def _jaxpr_multiply_adds(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name in ("conv_general_dilated", "jaxcnn_onednn_forward"):
+        if name == "conv_general_dilated" or eqn.primitive is onednn.conv_p:
             # Every output element takes one MAC per kernel tap and input channel of its group.
             rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
-            out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0] if "dimension_numbers" in eqn.params else 3
+            # oneDNN's kernel is HWIO: its output features are the last axis
+            out_feature_dim = eqn.params["dimension_numbers"].rhs_spec[0] if name == "conv_general_dilated" else 3
             total += math.prod(out) * math.prod(rhs) // rhs[out_feature_dim]
         elif name == "dot_general":
             (contract, _), _ = eqn.params["dimension_numbers"]
