@@ -129,13 +129,21 @@ def available() -> bool:
     """Whether the oneDNN custom calls are built and registered: once per process, one log line if not."""
     why = _unavailable()
     if why:  # a warning where the convolutions run on this CPU, which is where it costs
-        level = logging.WARNING if jax.default_backend() == "cpu" and os.environ.get(SWITCH) != "0" else logging.INFO
+        level = logging.WARNING if jax.default_backend() == "cpu" and switched_on() else logging.INFO
         log.log(level, "oneDNN convolutions off, XLA's are used: %s", why)
     return not why
 
 
+def switched_on() -> bool:
+    """JAXCNN_ONEDNN: 1 (or unset) for oneDNN's convolutions, 0 for XLA's; anything else is refused."""
+    value = os.environ.get(SWITCH, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{SWITCH}={value!r}: set it to 1 (oneDNN's convolutions, the default) or 0 (XLA's)")
+    return value == "1"
+
+
 def _unavailable() -> str:
-    if os.environ.get(SWITCH, "1") == "0":
+    if not switched_on():
         return f"{SWITCH}=0"
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for x86-64 Linux only, not {sys.platform} {platform.machine()}"

@@ -222,6 +222,14 @@ def test_switched_off_the_convolutions_are_xlas():
 
 
 @pytest.mark.without_onednn
+@pytest.mark.parametrize("value", ["off", "2", "", "-1"])
+def test_a_switch_value_other_than_0_or_1_is_refused_in_one_line(value, monkeypatch):
+    monkeypatch.setenv("JAXCNN_ONEDNN", value)
+    with pytest.raises(ValueError, match=f"JAXCNN_ONEDNN={value!r}: set it to 1 .* or 0"):
+        onednn._unavailable()
+
+
+@pytest.mark.without_onednn
 def test_a_sycl_build_or_none_at_all_is_refused_with_the_reason(tmp_path, monkeypatch):
     """PyPI's `onednn` wheel is a SYCL build that finds no CPU device: it is passed over, and named."""
     include = tmp_path / "include/oneapi/dnnl"
