@@ -42,7 +42,8 @@ EMBEDDED = os.path.join(ROOT, "jaxcnn", "data", "embedded_mnist.npz")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the 'dataset' normalization ours applies (jaxcnn.data.pipeline.STATS)
 PEERS = ("ours", "ours-cold", "keras-tensorflow", "keras-jax")
 BEST = re.compile(r"best validation top-1: ([0-9.]+)")
-PROGRESS = re.compile(r"(?<![\d.])[1-9]\d*/\d+")  # 'step 50/3120' or a progress bar's '50/3120': a step done
+# A progress bar's line naming a step done, with a rate: '16/3120 [00:00<00:05, 80.00step/s]' (not '?step/s').
+PROGRESS = re.compile(r"(?<![\d.])[1-9]\d*/\d+ \[[^\]?]*?[\d.]+(?:step/s|s/step)")
 
 
 # ------------------------------------------------------------------------------------------- Keras child

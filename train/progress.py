@@ -1,10 +1,11 @@
 """The training progress bar: tqdm on stderr with steps, rate, ETA, and the last logged loss and accuracy.
 
-It advances at every step (no device sync: the step count is known on the host), so rate and ETA show from the
-first steps; loss and top-1 appear with each logging window. Until the first step returns, the description
-says the step is compiling (a minute or more for the deep models on 2 cores). On a non-terminal stderr tqdm
-still writes, throttled to one line every `mininterval` seconds. Silent with `enabled=False` (processes other
-than 0 of a multi-process run).
+It advances at every step (no device sync: the step count is known on the host); loss and top-1 appear with each
+logging window. Until the first host call returns, the description says the step is compiling (a minute or more
+for the deep models on 2 cores). The clock of rate and ETA starts when it returns, so that neither counts the
+compilation, and the first line with a rate is written at the next call, whatever the throttle: on a non-terminal
+stderr (a log file) tqdm writes one line every `mininterval` seconds, and the first rate would otherwise show 5 s
+late. Silent with `enabled=False` (processes other than 0 of a multi-process run).
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ class ProgressBar:
         tty = hasattr(stream, "isatty") and stream.isatty()
         self._bar = tqdm(total=total, initial=initial, desc="compiling", unit="step", file=stream,
                          dynamic_ncols=True, mininterval=0.5 if tty else 5.0, smoothing=0.1)
+        self._first_rate = False
 
     def step(self, step: int) -> None:
         """The loop finished `step` (an absolute step number)."""
         if not self.enabled:
             return
-        if self._bar.desc == "compiling":
+        if self._bar.desc == "compiling":  # the first call returned: the rate counts from now
+            self._bar.unpause()  # the timer restarts from the last line written, the "compiling" one
+            self._bar.initial = self._bar.n = self._bar.last_print_n = step
             self._bar.set_description_str("training", refresh=False)
+            self._first_rate = True
+            return
         self._bar.update(step - self._bar.n)
+        if self._first_rate:
+            self._first_rate = False
+            self._bar.refresh()
 
     def update(self, step: int, **values) -> None:
         """Show the latest logged metrics (loss, top1, img_per_s...) at `step`."""
