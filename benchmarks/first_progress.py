@@ -1,7 +1,7 @@
 """No idle start: seconds from `python -m train.main --model=M` to its first progress line with a rate, and how
 many of them went to compilation.
 
-    python benchmarks/first_progress.py [--models=lenet5,resnet18,alexnet,densenet121] [--steps=20]
+    python benchmarks/first_progress.py [--models=lenet5,resnet18,alexnet,densenet121|all] [--runs=cold,warm]
 
 Each model runs twice on a fresh workdir with the same, initially empty, compilation cache ($JAXCNN_HOME): the
 cold run is a user's first (start-up, compilation, first steps), the warm run a user's second, whose compiled
@@ -30,6 +30,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from host import report
 from main_job import PROGRESS, child_env  # the same progress-line pattern and child environment
+
+sys.path.insert(0, ROOT)
+from jaxcnn.models import list_models
 
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
@@ -92,14 +95,22 @@ def first_progress(model: str, steps: int, cache_home: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet5,resnet18,alexnet,densenet121")
+    parser.add_argument("--models", default="lenet5,resnet18,alexnet,densenet121",
+                        help="comma-separated names, or 'all' for every registered model")
+    parser.add_argument("--runs", default="cold,warm", help="cold (empty cache), warm (the cache cold filled), or both")
     parser.add_argument("--steps", type=int, default=20, help="--num_train_steps of each run")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    runs = args.runs.split(",")
+    if not set(runs) <= {"cold", "warm"} or not runs:
+        parser.error(f"--runs={args.runs}: give cold, warm or cold,warm")
+    models = list_models() if args.models == "all" else args.models.split(",")
     results = {}
-    for model in args.models.split(","):
+    for model in models:
         with tempfile.TemporaryDirectory() as cache_home:
-            results[model] = {run: first_progress(model, args.steps, cache_home) for run in ("cold", "warm")}
+            if runs == ["warm"]:  # fill the cache first, unmeasured
+                first_progress(model, args.steps, cache_home)
+            results[model] = {run: first_progress(model, args.steps, cache_home) for run in runs}
         print(f"{model}: " + "; ".join(f"{run} first progress line at {r['first_progress_s']:.1f} s, of which "
                                        f"{r['compile_s']:.1f} s compiling: {r['rest_s']:.1f} s else"
                                        for run, r in results[model].items()), file=sys.stderr, flush=True)

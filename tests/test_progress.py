@@ -26,19 +26,31 @@ def test_the_bar_writes_to_the_current_stderr_not_the_one_at_import(monkeypatch)
     assert "7/10" in second.getvalue() and "loss=0.25" in second.getvalue()
 
 
-def test_the_first_rate_is_written_at_the_second_call_and_leaves_compilation_out(monkeypatch):
-    """A log file (a non-terminal stream, one line per 5 s) gets its first rate at the second host call, 0.1 s
-    after the first returned from a 30 s compilation, not 5 s later; the rate counts from the first return:
-    8 steps in 0.1 s is 80 steps/s (counting the compilation would say 16 in 30.1 s, 0.53)."""
+class Dispatched:
+    """A call's output as the host holds it after dispatch: ready once the fake clock reaches `done_at`."""
+
+    def __init__(self, clock: list, done_at: float):
+        self.clock, self.done_at = clock, done_at
+
+    def block_until_ready(self):
+        self.clock[0] = max(self.clock[0], self.done_at)
+        return self
+
+
+def test_the_first_rate_is_the_devices_written_at_the_second_call_and_leaves_compilation_out(monkeypatch):
+    """A log file (a non-terminal stream, one line per 5 s) gets its first rate when the second host call's steps
+    are done, not 5 s later; the rate counts from the first call's steps done, after a 30 s compilation: the
+    device does 8 steps in 0.1 s, 80 steps/s. The host dispatches the second call 1 ms after the first returns,
+    before either has run: timing dispatches would say 8,000 steps/s, and counting the compilation 0.53."""
     clock = [1000.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
     stream = io.StringIO()
     bar = ProgressBar(3120, initial=40, stream=stream)
-    clock[0] += 30.0
-    bar.step(48)
+    clock[0] += 30.0  # the first call returns once compiled; its steps run for 0.05 s more
+    bar.step(48, outputs=Dispatched(clock, done_at=clock[0] + 0.05))
     assert stream.getvalue().split("\r")[-1].startswith("compiling")  # no rate yet: one call is no measure
-    clock[0] += 0.1
-    bar.step(56)
+    clock[0] += 0.001  # the second call is dispatched at once; its steps are done 0.1 s after the first's
+    bar.step(56, outputs=Dispatched(clock, done_at=1030.15))
     last = stream.getvalue().split("\r")[-1]
     assert last.startswith("training") and "56/3120" in last
     rate = float(re.search(r"([\d.]+)step/s", last).group(1))

@@ -149,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 else:
                     device_state, metrics = driver.train_steps(device_state, batch)
                 step += count
-                progress.step(step)
+                progress.step(step, outputs=(device_state, metrics))
                 train_metrics.add(metrics, steps=count)
                 is_last = step == num_steps
                 stopping = stop.check(step)  # every call: multi-process runs agree on the step to stop at
