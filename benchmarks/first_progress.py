@@ -105,6 +105,9 @@ def main(argv=None) -> dict:
     if not set(runs) <= {"cold", "warm"} or not runs:
         parser.error(f"--runs={args.runs}: give cold, warm or cold,warm")
     models = list_models() if args.models == "all" else args.models.split(",")
+    if unknown := [m for m in models if m not in list_models()]:
+        parser.error(f"unknown model(s) {', '.join(unknown)}: give names from `python -m train.main --list_models` "
+                     "or 'all'")
     results = {}
     for model in models:
         with tempfile.TemporaryDirectory() as cache_home:
