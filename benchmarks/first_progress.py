@@ -101,9 +101,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="--num_train_steps of each run")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    runs = args.runs.split(",")
-    if not set(runs) <= {"cold", "warm"} or not runs:
+    if not set(args.runs.split(",")) <= {"cold", "warm"}:
         parser.error(f"--runs={args.runs}: give cold, warm or cold,warm")
+    runs = [run for run in ("cold", "warm") if run in args.runs.split(",")]  # a warm run needs the cold one first
     models = list_models() if args.models == "all" else args.models.split(",")
     if unknown := [m for m in models if m not in list_models()]:
         parser.error(f"unknown model(s) {', '.join(unknown)}: give names from `python -m train.main --list_models` "

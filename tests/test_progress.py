@@ -4,6 +4,7 @@ import io
 import re
 import sys
 
+import pytest
 import tqdm.std
 
 from train.progress import ProgressBar
@@ -37,18 +38,25 @@ class Dispatched:
         return self
 
 
-def test_the_first_rate_is_the_devices_written_at_the_second_call_and_leaves_compilation_out(monkeypatch):
+@pytest.mark.parametrize("logged_at_first_call", [False, True])
+def test_the_first_rate_is_the_devices_written_at_the_second_call_and_leaves_compilation_out(monkeypatch,
+                                                                                          logged_at_first_call):
     """A log file (a non-terminal stream, one line per 5 s) gets its first rate when the second host call's steps
     are done, not 5 s later; the rate counts from the first call's steps done, after a 30 s compilation: the
     device does 8 steps in 0.1 s, 80 steps/s. The host dispatches the second call 1 ms after the first returns,
-    before either has run: timing dispatches would say 8,000 steps/s, and counting the compilation 0.53."""
+    before either has run: timing dispatches would say 8,000 steps/s, and counting the compilation 0.53. A logging
+    window that ends at the first call (its metrics shown) must not take the second call's place."""
     clock = [1000.0]
     monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
     stream = io.StringIO()
     bar = ProgressBar(3120, initial=40, stream=stream)
     clock[0] += 30.0  # the first call returns once compiled; its steps run for 0.05 s more
     bar.step(48, outputs=Dispatched(clock, done_at=clock[0] + 0.05))
-    assert stream.getvalue().split("\r")[-1].startswith("compiling")  # no rate yet: one call is no measure
+    if logged_at_first_call:
+        bar.update(48, loss=0.5)
+    else:
+        assert stream.getvalue().split("\r")[-1].startswith("compiling")  # nothing written since
+    assert not re.search(r"[\d.]+step/s", stream.getvalue())  # no rate yet: one call is no measure
     clock[0] += 0.001  # the second call is dispatched at once; its steps are done 0.1 s after the first's
     bar.step(56, outputs=Dispatched(clock, done_at=1030.15))
     last = stream.getvalue().split("\r")[-1]

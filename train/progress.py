@@ -29,35 +29,34 @@ class ProgressBar:
         tty = hasattr(stream, "isatty") and stream.isatty()
         self._bar = tqdm(total=total, initial=initial, desc="compiling", unit="step", file=stream,
                          dynamic_ncols=True, mininterval=0.5 if tty else 5.0, smoothing=0.1)
-        self._first_rate = False
+        self._waits_left = 2  # the first two calls: the clock's start, then the first rate (module docstring)
 
     def step(self, step: int, outputs=None) -> None:
         """The loop dispatched the steps through `step` (an absolute step number); `outputs`, that call's device
         arrays, are waited for where the bar starts its clock and where it writes its first rate."""
         if not self.enabled:
             return
-        if self._bar.desc == "compiling":  # the first call's steps are done: the rate counts from now
-            jax.block_until_ready(outputs)
+        if not self._waits_left:
+            self._bar.update(step - self._bar.n)
+            return
+        jax.block_until_ready(outputs)
+        self._waits_left -= 1
+        if self._waits_left:  # the first call's steps are done: the rate counts from now
             self._bar.unpause()  # the timer restarts from the last line written, the "compiling" one
             self._bar.initial = self._bar.n = self._bar.last_print_n = step
             self._bar.set_description_str("training", refresh=False)
-            self._first_rate = True
-            return
-        if not self._first_rate:
+        else:  # the second call's steps are done too: the first rate, the device's, whatever the throttle
             self._bar.update(step - self._bar.n)
-            return
-        jax.block_until_ready(outputs)  # this call's steps done too: the first rate is the device's
-        self._first_rate = False
-        self._bar.update(step - self._bar.n)
-        self._bar.refresh()
+            self._bar.refresh()
 
     def update(self, step: int, **values) -> None:
-        """Show the latest logged metrics (loss, top1, img_per_s...) at `step`."""
+        """Show the latest logged metrics (loss, top1, img_per_s...) at `step`. Not a call of the loop: it never
+        takes the place of one the bar waits for."""
         if not self.enabled:
             return
         text = {k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()}
         self._bar.set_postfix(text, refresh=False)
-        self.step(step)
+        self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
         if self.enabled:
