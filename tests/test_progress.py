@@ -64,3 +64,11 @@ def test_the_first_rate_is_the_devices_written_at_the_second_call_and_leaves_com
     rate = float(re.search(r"([\d.]+)step/s", last).group(1))
     assert 79.0 < rate < 81.0
     bar.close()
+
+
+def test_a_finished_run_rerun_is_not_said_to_be_compiling():
+    """A rerun on the workdir of a finished run (initial = total) trains nothing: 16/16, "trained", no "compiling"."""
+    stream = io.StringIO()
+    ProgressBar(16, initial=16, stream=stream).close()
+    lines = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("trained") and "16/16" in line for line in lines)

@@ -27,8 +27,10 @@ class ProgressBar:
         # was later closed (pytest's capture), and every later run died on it.
         stream = sys.stderr if stream is None else stream
         tty = hasattr(stream, "isatty") and stream.isatty()
-        self._bar = tqdm(total=total, initial=initial, desc="compiling", unit="step", file=stream,
-                         dynamic_ncols=True, mininterval=0.5 if tty else 5.0, smoothing=0.1)
+        # A rerun of a finished run trains (and compiles) nothing: its bar says so rather than "compiling".
+        self._bar = tqdm(total=total, initial=initial, desc="compiling" if initial < total else "trained",
+                         unit="step", file=stream, dynamic_ncols=True, mininterval=0.5 if tty else 5.0,
+                         smoothing=0.1)
         self._waits_left = 2  # the first two calls: the clock's start, then the first rate (module docstring)
 
     def step(self, step: int, outputs=None) -> None:
